@@ -1,0 +1,3 @@
+from grantexd.cli import main
+
+raise SystemExit(main())

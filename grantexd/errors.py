@@ -1,0 +1,121 @@
+"""The domain errors of grantexd.
+
+Services and the store raise these; exactly one place, ``grantexd.http.errors``, turns them
+into the ``{"message", "code", "requestId"}`` envelope. Each class carries its HTTP status and
+its Grantex error code, so a handler never chooses a status itself.
+
+    GrantexError
+    ├── BadRequest              400 BAD_REQUEST
+    ├── Unauthorized            401 UNAUTHORIZED
+    ├── PlanLimitExceeded       402 PLAN_LIMIT_EXCEEDED
+    ├── Forbidden               403 FORBIDDEN
+    │   ├── ConsentRequired     403 CONSENT_REQUIRED
+    │   ├── FidoRequired        403 FIDO_REQUIRED
+    │   ├── PolicyDenied        403 POLICY_DENIED
+    │   └── DelegationDepthExceeded 403 DELEGATION_DEPTH_EXCEEDED
+    ├── NotFound                404 NOT_FOUND
+    ├── MethodNotAllowed        405 METHOD_NOT_ALLOWED
+    ├── Conflict                409 CONFLICT
+    ├── Gone                    410 GONE
+    ├── PayloadTooLarge         413 PAYLOAD_TOO_LARGE
+    ├── UnsupportedMediaType    415 UNSUPPORTED_MEDIA_TYPE
+    └── ServiceUnavailable      503 SERVICE_UNAVAILABLE
+        └── DatabaseUnavailable 503 SERVICE_UNAVAILABLE
+"""
+
+from __future__ import annotations
+
+
+class GrantexError(Exception):
+    status: int = 500
+    code: str = "INTERNAL_ERROR"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(GrantexError):
+    status = 400
+    code = "BAD_REQUEST"
+
+
+class Unauthorized(GrantexError):
+    status = 401
+    code = "UNAUTHORIZED"
+
+
+class PlanLimitExceeded(GrantexError):
+    status = 402
+    code = "PLAN_LIMIT_EXCEEDED"
+
+
+class Forbidden(GrantexError):
+    status = 403
+    code = "FORBIDDEN"
+
+
+class ConsentRequired(Forbidden):
+    code = "CONSENT_REQUIRED"
+
+
+class FidoRequired(Forbidden):
+    code = "FIDO_REQUIRED"
+
+
+class PolicyDenied(Forbidden):
+    code = "POLICY_DENIED"
+
+
+class DelegationDepthExceeded(Forbidden):
+    code = "DELEGATION_DEPTH_EXCEEDED"
+
+
+class NotFound(GrantexError):
+    status = 404
+    code = "NOT_FOUND"
+
+
+class MethodNotAllowed(GrantexError):
+    status = 405
+    code = "METHOD_NOT_ALLOWED"
+
+
+class Conflict(GrantexError):
+    status = 409
+    code = "CONFLICT"
+
+
+class Gone(GrantexError):
+    status = 410
+    code = "GONE"
+
+
+class PayloadTooLarge(GrantexError):
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class UnsupportedMediaType(GrantexError):
+    status = 415
+    code = "UNSUPPORTED_MEDIA_TYPE"
+
+
+class ServiceUnavailable(GrantexError):
+    status = 503
+    code = "SERVICE_UNAVAILABLE"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """PostgreSQL could not be reached or dropped the connection; the request may be retried."""
+
+    def __init__(self, message: str = "The database is unavailable; retry the request shortly") -> None:
+        super().__init__(message)
+
+
+class UniqueViolation(Exception):
+    """A store-level insert hit a unique constraint; services decide what that means."""
+
+    def __init__(self, constraint: str | None) -> None:
+        super().__init__(constraint or "unique constraint")
+        self.constraint = constraint
