@@ -1,0 +1,1 @@
+"""Identifiers, signing keys, JWTs and the hashing of bearer secrets."""

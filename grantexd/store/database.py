@@ -1,0 +1,224 @@
+"""The PostgreSQL pool, reached from Trio through the trio-asyncio bridge.
+
+asyncpg runs only on asyncio, so every call into it goes through ``trio_asyncio.aio_as_trio``
+here and nowhere else. Services see Trio-native methods (``fetch``, ``fetchrow``, ``execute``)
+on a ``Database`` or on the ``Transaction`` that ``Database.transaction()`` yields.
+
+Driver errors are translated once, here: a lost or refused connection becomes
+``DatabaseUnavailable`` (503, retryable), a unique violation becomes ``UniqueViolation``.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+import trio
+import trio_asyncio
+
+from grantexd.errors import DatabaseUnavailable, UniqueViolation
+from grantexd.logging import get_logger
+
+log = get_logger()
+
+T = TypeVar("T")
+
+# Errors that mean "the server is not reachable or the connection broke", not "the query
+# was wrong": these become a retryable 503.
+_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InterfaceError,
+)
+
+
+def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return UniqueViolation(getattr(exc, "constraint_name", None))
+    if isinstance(exc, _UNAVAILABLE_ERRORS):
+        return DatabaseUnavailable()
+    return exc
+
+
+def _split_ssl_mode(url: str) -> tuple[str, ssl.SSLContext | str | None]:
+    """Take ``sslmode`` out of the URL and return the matching asyncpg ``ssl`` argument.
+
+    ``require`` encrypts without checking the certificate, as libpq does; ``verify-ca`` and
+    ``verify-full`` check it against the system trust store (and the host name for verify-full).
+    """
+    parts = urlsplit(url)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    modes = query.pop("sslmode", None)
+    rest = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
+    if not modes:
+        return rest, None
+    mode = modes[-1]
+    if mode in ("disable", "allow", "prefer", "require"):
+        return rest, mode
+    context = ssl.create_default_context()
+    if mode == "verify-ca":
+        context.check_hostname = False
+    return rest, context
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    url: str
+    min_size: int
+    max_size: int
+    connect_timeout_seconds: float
+    command_timeout_seconds: float
+    idle_timeout_seconds: float
+
+
+class _Queries:
+    """Trio-facing query methods over an asyncpg connection or pool."""
+
+    _target: Any
+
+    async def _call(self, method: str, query: str, *args: Any) -> Any:
+        function = getattr(self._target, method)
+        try:
+            return await trio_asyncio.aio_as_trio(function)(query, *args)
+        except Exception as exc:
+            translated = _translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        result: list[asyncpg.Record] = await self._call("fetch", query, *args)
+        return result
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        result: asyncpg.Record | None = await self._call("fetchrow", query, *args)
+        return result
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self._call("fetchval", query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        result: str = await self._call("execute", query, *args)
+        return result
+
+
+class Transaction(_Queries):
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._target = connection
+
+    async def advisory_lock(self, developer_id: str, purpose: int) -> None:
+        """Serialize work per developer until this transaction ends.
+
+        ``purpose`` keeps independent kinds of work apart: 0 audit chain, 2 agent quota,
+        3 grant quota, 4 revocation versus delegation.
+        """
+        await self.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))", developer_id, purpose)
+
+
+class Database(_Queries):
+    def __init__(self, pool: asyncpg.Pool, settings: PoolSettings) -> None:
+        self._target = pool
+        self._pool = pool
+        self.settings = settings
+
+    @classmethod
+    async def open(cls, settings: PoolSettings) -> Database:
+        """Create the pool and prove one connection works; raise DatabaseUnavailable if not."""
+        url, ssl_argument = _split_ssl_mode(settings.url)
+
+        async def create() -> asyncpg.Pool:
+            return await asyncpg.create_pool(
+                url,
+                ssl=ssl_argument,
+                min_size=settings.min_size,
+                max_size=settings.max_size,
+                timeout=settings.connect_timeout_seconds,
+                command_timeout=settings.command_timeout_seconds,
+                max_inactive_connection_lifetime=settings.idle_timeout_seconds,
+            )
+
+        try:
+            with trio.fail_after(settings.connect_timeout_seconds + 1):
+                pool = await trio_asyncio.aio_as_trio(create)()
+        except trio.TooSlowError:
+            raise DatabaseUnavailable("timed out connecting to PostgreSQL") from None
+        except Exception as exc:
+            translated = _translate(exc)
+            if translated is exc:
+                raise
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        database = cls(pool, settings)
+        try:
+            await database.fetchval("SELECT 1")
+        except BaseException:
+            await database.close()
+            raise
+        return database
+
+    async def close(self) -> None:
+        """Close the pool, waiting at most 5 s for connections in use before terminating them."""
+        with trio.move_on_after(5) as scope:
+            scope.shield = True
+            try:
+                await trio_asyncio.aio_as_trio(self._pool.close)()
+            except Exception as exc:
+                log.warning("database.close.failed", error=str(exc))
+        if scope.cancelled_caught:
+            self._pool.terminate()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Transaction]:
+        """Yield one pooled connection outside any transaction (for session-level locks)."""
+        connection = await _run_translated(self._pool.acquire)
+        try:
+            yield Transaction(connection)
+        finally:
+            with trio.move_on_after(5) as scope:
+                scope.shield = True
+                await trio_asyncio.aio_as_trio(self._pool.release)(connection)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """Yield a Transaction that commits on normal exit and rolls back on any exception."""
+        async with self.connection() as connection:
+            asyncpg_transaction = connection._target.transaction()
+            await _run_translated(asyncpg_transaction.start)
+            try:
+                yield connection
+            except BaseException:
+                # Roll back even when cancelled; the shield has its own deadline so a dead
+                # server cannot hold shutdown.
+                with trio.move_on_after(5) as scope:
+                    scope.shield = True
+                    try:
+                        await trio_asyncio.aio_as_trio(asyncpg_transaction.rollback)()
+                    except Exception as exc:
+                        log.warning("database.rollback.failed", error=str(exc))
+                raise
+            else:
+                await _run_translated(asyncpg_transaction.commit)
+
+    def pool_usage(self) -> tuple[int, int]:
+        """Return (open connections, connections in use)."""
+        size = self._pool.get_size()
+        return size, size - self._pool.get_idle_size()
+
+
+async def _run_translated(function: Callable[[], Any]) -> Any:
+    try:
+        return await trio_asyncio.aio_as_trio(function)()
+    except Exception as exc:
+        translated = _translate(exc)
+        if translated is exc:
+            raise
+        raise translated from exc

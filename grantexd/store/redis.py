@@ -1,0 +1,104 @@
+"""The Redis client: lazy connection, bounded calls, and backoff while Redis is away.
+
+Redis holds only what may be lost (rate-limit windows, the revocation cache), so every call
+here is best effort: it either completes within ``timeout_seconds`` or raises
+``RedisUnavailable``, and callers decide whether to fail open. After a failure the client
+waits before trying again (50 ms, doubling to at most 2 s), so an outage costs one fast
+failure per request instead of one timeout per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+import redis.exceptions
+import trio
+import trio_asyncio
+
+from grantexd.logging import get_logger
+
+log = get_logger()
+
+T = TypeVar("T")
+
+_BACKOFF_START_SECONDS = 0.05
+_BACKOFF_MAX_SECONDS = 2.0
+
+
+class RedisUnavailable(Exception):
+    """Redis did not answer in time, refused the connection, or is in its backoff period."""
+
+
+def revoked_token_key(jti: str) -> str:
+    return f"revoked:tok:{jti}"
+
+
+def revoked_grant_key(grant_id: str) -> str:
+    return f"revoked:grant:{grant_id}"
+
+
+class RedisStore:
+    def __init__(self, url: str, timeout_seconds: float) -> None:
+        self._client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            health_check_interval=30,
+        )
+        self._timeout_seconds = timeout_seconds
+        self._retry_at = 0.0
+        self._backoff_seconds = _BACKOFF_START_SECONDS
+        self._available = True
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    async def _call(self, operation: str, function: Callable[[], Awaitable[T]], *, probe: bool = False) -> T:
+        now = trio.current_time()
+        if not probe and now < self._retry_at:
+            raise RedisUnavailable("Redis is unavailable; waiting before the next attempt")
+        try:
+            with trio.fail_after(self._timeout_seconds):
+                result = await trio_asyncio.aio_as_trio(function)()
+        except (trio.TooSlowError, OSError, redis.exceptions.RedisError) as exc:
+            self._record_failure(operation, exc)
+            raise RedisUnavailable(f"Redis {operation} failed: {exc!r}") from exc
+        if not self._available:
+            log.info("redis.available")
+        self._available = True
+        self._backoff_seconds = _BACKOFF_START_SECONDS
+        self._retry_at = 0.0
+        return result
+
+    def _record_failure(self, operation: str, exc: BaseException) -> None:
+        if self._available:
+            # One line per outage, not one per request.
+            log.warning("redis.unavailable", operation=operation, error=repr(exc))
+        self._available = False
+        self._retry_at = trio.current_time() + self._backoff_seconds
+        self._backoff_seconds = min(self._backoff_seconds * 2, _BACKOFF_MAX_SECONDS)
+
+    async def ping(self) -> None:
+        await self._call("PING", self._client.ping, probe=True)
+
+    async def get(self, key: str) -> bytes | None:
+        result: bytes | None = await self._call("GET", lambda: self._client.get(key))
+        return result
+
+    async def exists_any(self, *keys: str) -> bool:
+        count: int = await self._call("EXISTS", lambda: self._client.exists(*keys))
+        return count > 0
+
+    async def set_with_ttl(self, key: str, value: str, ttl_seconds: int) -> None:
+        await self._call("SET", lambda: self._client.set(key, value, ex=max(1, ttl_seconds)))
+
+    async def close(self) -> None:
+        with trio.move_on_after(2) as scope:
+            scope.shield = True
+            try:
+                await trio_asyncio.aio_as_trio(self._client.aclose)()
+            except (OSError, redis.exceptions.RedisError) as exc:
+                log.warning("redis.close.failed", error=repr(exc))
