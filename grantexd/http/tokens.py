@@ -1,0 +1,45 @@
+"""Token routes: code exchange, online verification and single-token revocation."""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response
+
+from grantexd.http.requests import current_developer, read_json_body
+from grantexd.http.responses import json_response, no_content
+from grantexd.http.state import RuntimeState
+from grantexd.services import revocation, tokens
+from grantexd.services.context import Services
+from grantexd.services.timefmt import to_iso
+
+
+def create_blueprint(services: Services, state: RuntimeState) -> Blueprint:
+    blueprint = Blueprint("tokens", __name__)
+
+    @blueprint.post("/v1/token")
+    async def exchange() -> Response:
+        developer = await current_developer(services)
+        issued = await tokens.exchange_code(services, developer, await read_json_body())
+        return json_response(
+            {
+                "grantToken": issued.grant_token,
+                "expiresAt": to_iso(issued.expires_at),
+                "scopes": issued.scopes,
+                "refreshToken": issued.refresh_token,
+                "grantId": issued.grant_id,
+            },
+            201,
+        )
+
+    @blueprint.post("/v1/tokens/verify")
+    async def verify() -> Response:
+        developer = await current_developer(services)
+        result = await tokens.verify_token(services, developer, await read_json_body())
+        return json_response(result.to_json())
+
+    @blueprint.post("/v1/tokens/revoke")
+    async def revoke() -> Response:
+        developer = await current_developer(services)
+        await revocation.revoke_token(services, developer.id, await read_json_body())
+        return no_content()
+
+    return blueprint
