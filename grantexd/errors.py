@@ -29,6 +29,8 @@ from __future__ import annotations
 class GrantexError(Exception):
     status: int = 500
     code: str = "INTERNAL_ERROR"
+    # Principal-session 401s leave out requestId, as the reference server's do.
+    include_request_id: bool = True
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

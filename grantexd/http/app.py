@@ -18,7 +18,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from grantexd.errors import GrantexError
-from grantexd.http import accounts, agents, authorize, grants, health, tokens, well_known
+from grantexd.http import accounts, agents, authorize, delegation, grants, health, principal, tokens, well_known
 from grantexd.http.requests import MAX_BODY_BYTES
 from grantexd.http.responses import error_response
 from grantexd.http.state import RuntimeState
@@ -99,7 +99,7 @@ def create_app(services: Services, state: RuntimeState) -> QuartTrio:
     async def render_domain_error(error: GrantexError) -> Response:
         if error.status >= 500:
             log.error("request.failed", status=error.status, code=error.code, error=error.message)
-        return error_response(error.status, error.code, error.message)
+        return error_response(error.status, error.code, error.message, error.include_request_id)
 
     @app.errorhandler(HTTPException)
     async def render_http_error(error: HTTPException) -> Response:
@@ -119,7 +119,7 @@ def create_app(services: Services, state: RuntimeState) -> QuartTrio:
         log.error("request.failed.unexpected", error=repr(error), exc_info=error)
         return error_response(500, "INTERNAL_ERROR", "An unexpected error occurred")
 
-    for module in (health, well_known, accounts, agents, authorize, tokens, grants):
+    for module in (health, well_known, accounts, agents, authorize, tokens, grants, delegation, principal):
         app.register_blueprint(module.create_blueprint(services, state))
     return app
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from quart import Blueprint, Response
+from quart import Blueprint, Response, request
 
 from grantexd.http.requests import current_developer, read_json_body
 from grantexd.http.responses import json_response, no_content
 from grantexd.http.state import RuntimeState
+from grantexd.services import refresh as refresh_service
 from grantexd.services import revocation, tokens
 from grantexd.services.context import Services
 from grantexd.services.timefmt import to_iso
@@ -29,6 +30,14 @@ def create_blueprint(services: Services, state: RuntimeState) -> Blueprint:
             },
             201,
         )
+
+    @blueprint.post("/v1/token/refresh")
+    async def refresh() -> Response:
+        developer = await current_developer(services)
+        body = await refresh_service.refresh_grant(
+            services, developer, await read_json_body(), request.headers.get("Idempotency-Key")
+        )
+        return json_response(body, 201)
 
     @blueprint.post("/v1/tokens/verify")
     async def verify() -> Response:

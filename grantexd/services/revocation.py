@@ -13,7 +13,9 @@ from grantexd.store.redis import RedisUnavailable, revoked_grant_key, revoked_to
 
 log = get_logger()
 
-_REVOCATION_LOCK = 4
+# Advisory lock purpose shared by cascade revocation and delegation, so a delegation cannot
+# attach a child to a parent that a concurrent revocation is about to revoke.
+REVOCATION_LOCK = 4
 
 
 def _seconds_left(services: Services, expires_at: datetime) -> int:
@@ -23,10 +25,17 @@ def _seconds_left(services: Services, expires_at: datetime) -> int:
 async def revoke_grant(services: Services, developer_id: str, grant_id: str) -> list[RevokedGrant]:
     """Revoke a grant and all its descendants in one transaction, then mark them in Redis."""
     async with services.db.transaction() as tx:
-        await tx.advisory_lock(developer_id, _REVOCATION_LOCK)
+        await tx.advisory_lock(developer_id, REVOCATION_LOCK)
         revoked = await grant_store.revoke_grant_cascade(tx, developer_id, grant_id)
     if not revoked:
         raise NotFound("Grant not found or already revoked")
+    await mark_grants_revoked(services, revoked)
+    log.info("grant.revoked", developerId=developer_id, grantId=grant_id, descendants=len(revoked) - 1)
+    return revoked
+
+
+async def mark_grants_revoked(services: Services, revoked: list[RevokedGrant]) -> None:
+    """Set the Redis revocation marks after the database commit; best effort."""
     for grant in revoked:
         try:
             await services.redis.set_with_ttl(
@@ -35,8 +44,6 @@ async def revoke_grant(services: Services, developer_id: str, grant_id: str) -> 
         except RedisUnavailable:
             # The database already says revoked, and verification always reads it.
             break
-    log.info("grant.revoked", developerId=developer_id, grantId=grant_id, descendants=len(revoked) - 1)
-    return revoked
 
 
 async def revoke_token(services: Services, developer_id: str, body: object) -> None:

@@ -228,3 +228,88 @@ async def revoke_token(db: Database, developer_id: str, jti: str) -> datetime | 
         developer_id,
     )
     return None if row is None else row["expires_at"]
+
+
+@dataclass(frozen=True)
+class RefreshRecord:
+    id: str
+    grant: Grant
+    is_used: bool
+    expires_at: datetime
+    agent_status: str
+    parent_agent_did: str | None
+
+
+async def lock_refresh_token(tx: Transaction, developer_id: str, token_hash: str) -> RefreshRecord | None:
+    """Find and lock a refresh token of this developer, with its grant and agent."""
+    row = await tx.fetchrow(
+        """
+        SELECT r.id AS refresh_id, r.is_used, r.expires_at AS refresh_expires_at,
+               g.id, g.agent_id, a.did AS agent_did, g.principal_id, g.developer_id, g.scopes, g.status,
+               g.issued_at, g.expires_at, g.revoked_at, g.parent_grant_id, g.delegation_depth, g.audience,
+               a.status AS agent_status, pa.did AS parent_agent_did
+        FROM refresh_tokens r
+        JOIN grants g ON g.id = r.grant_id
+        JOIN agents a ON a.id = g.agent_id
+        LEFT JOIN grants pg ON pg.id = g.parent_grant_id
+        LEFT JOIN agents pa ON pa.id = pg.agent_id
+        WHERE r.token_hash = $1 AND g.developer_id = $2
+        FOR UPDATE OF r
+        """,
+        token_hash,
+        developer_id,
+    )
+    if row is None:
+        return None
+    return RefreshRecord(
+        id=row["refresh_id"],
+        grant=_grant(row),
+        is_used=row["is_used"],
+        expires_at=row["refresh_expires_at"],
+        agent_status=row["agent_status"],
+        parent_agent_did=row["parent_agent_did"],
+    )
+
+
+async def mark_refresh_used(tx: Transaction, refresh_id: str) -> None:
+    await tx.execute("UPDATE refresh_tokens SET is_used = TRUE WHERE id = $1", refresh_id)
+
+
+async def lock_active_grant(tx: Transaction, developer_id: str, grant_id: str) -> Grant | None:
+    """Lock a grant that is active and unexpired, so a cascade revocation waits for this transaction."""
+    row = await tx.fetchrow(
+        _SELECT
+        + """
+        WHERE g.id = $1 AND g.developer_id = $2 AND g.status = 'active' AND g.expires_at > now()
+        FOR UPDATE OF g
+        """,
+        grant_id,
+        developer_id,
+    )
+    return None if row is None else _grant(row)
+
+
+async def find_replay(tx: Transaction, lookup_hash: str) -> tuple[bytes, bytes] | None:
+    row = await tx.fetchrow(
+        "SELECT nonce, ciphertext FROM refresh_replays WHERE lookup_hash = $1 AND expires_at > now()",
+        lookup_hash,
+    )
+    return None if row is None else (bytes(row["nonce"]), bytes(row["ciphertext"]))
+
+
+async def insert_replay(
+    tx: Transaction, lookup_hash: str, developer_id: str, nonce: bytes, ciphertext: bytes, expires_at: datetime
+) -> None:
+    await tx.execute("DELETE FROM refresh_replays WHERE expires_at <= now()")
+    await tx.execute(
+        """
+        INSERT INTO refresh_replays (lookup_hash, developer_id, nonce, ciphertext, expires_at)
+        VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (lookup_hash) DO NOTHING
+        """,
+        lookup_hash,
+        developer_id,
+        nonce,
+        ciphertext,
+        expires_at,
+    )
