@@ -12,6 +12,7 @@ startup at the step it is in.
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -90,7 +91,8 @@ def hypercorn_config(config: Config) -> hypercorn.config.Config:
     settings.bind = [f"{host}:{config.port}"]
     settings.graceful_timeout = config.shutdown_grace_seconds
     settings.accesslog = None
-    settings.errorlog = "hypercorn.error"
+    # A Logger, not a name: Hypercorn treats a string as a file path to write to.
+    settings.errorlog = logging.getLogger("hypercorn.error")
     settings.loglevel = "WARNING"
     settings.include_server_header = False
     return settings
