@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from grantexd import __version__
+from grantexd.key_commands import add_key_commands, run_key_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +18,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the daemon (the default command)")
     commands.add_parser("migrate", help="apply pending database migrations and exit")
+    add_key_commands(commands)
+    audit = commands.add_parser("audit", help="check the audit log")
+    audit_actions = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_actions.add_parser(
+        "verify",
+        help="recompute the audit hash chains",
+        description="Recompute every entry's hash and link in chain order and log one JSON line per chain. "
+        "Exit status: 0 when every chain is intact, 1 when one is broken, 2 when the check cannot run.",
+    )
+    verify.add_argument("--developer", metavar="ID", help="check only this developer's chain (default: every chain)")
     dev = commands.add_parser(
         "dev", help="run the daemon on embedded PostgreSQL and Redis, with generated keys, for development"
     )
@@ -40,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         from grantexd.commands import migrate
 
         return migrate()
+    if command == "keys":
+        return run_key_command(args)
+    if command == "audit":
+        from grantexd.commands import verify_audit
+
+        return verify_audit(developer_id=args.developer)
     if command == "dev":
         from grantexd.dev import run_dev
 

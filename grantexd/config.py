@@ -2,7 +2,8 @@
 
 ``load_config`` reads every variable, collects every problem, and raises one ``ConfigError``
 that names each bad variable, so an operator fixes the unit file in one pass. Nothing else in
-the package reads ``os.environ``.
+the package reads settings from ``os.environ``. ``sdnotify`` reads only the variables that
+systemd sets for it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from grantexd.crypto.keys import load_signing_key, parse_key_encryption_key
 
 Environment = Literal["development", "production"]
 LogLevel = Literal["debug", "info", "warn", "error"]
@@ -70,6 +76,8 @@ class Config:
     redis_url: Secret
     rsa_private_key_pem: Secret | None
     auto_generate_keys: bool
+    key_encryption_key: Secret | None
+    keys_refresh_interval_seconds: float
     ed25519_private_key_pem: Secret | None
     jwt_issuer: str
     public_base_url: str
@@ -167,8 +175,43 @@ class _Reader:
         return number
 
 
+def _split_url(reader: _Reader, name: str, value: str, *, secret: bool) -> SplitResult | None:
+    """Split ``value``, recording a problem for ``name`` if the URL or any of its ports is malformed.
+
+    A secret URL (it may carry a password) is never quoted in the problem.
+    """
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    if parts is None or not _has_valid_ports(parts.netloc):
+        shown = "" if secret else f", got {value!r}"
+        reader.fail(name, f"is not a valid URL or has an invalid port{shown}")
+        return None
+    return parts
+
+
+def _has_valid_ports(netloc: str) -> bool:
+    """Check every port in a netloc such as ``user:password@host1:5432,host2:5433``.
+
+    PostgreSQL and Redis Sentinel URLs may list several hosts, which ``SplitResult.port``
+    cannot parse, so each host is checked here.
+    """
+    hosts = netloc.rpartition("@")[2]
+    for host in hosts.split(","):
+        if host.startswith("["):
+            # In an IPv6 literal such as [::1]:5432, the port follows the closing bracket.
+            host = host.partition("]")[2]
+        port = host.rpartition(":")[2] if ":" in host else ""
+        if port and not (port.isdigit() and int(port) <= 65535):
+            return False
+    return True
+
+
 def _parse_base_url(reader: _Reader, name: str, value: str) -> str:
-    parts = urlsplit(value)
+    parts = _split_url(reader, name, value, secret=False)
+    if parts is None:
+        return value
     if parts.scheme not in ("http", "https") or not parts.hostname:
         reader.fail(name, f"must be an absolute http or https URL, got {value!r}")
         return value
@@ -183,10 +226,22 @@ def _parse_database_url(reader: _Reader) -> Secret:
     if value is None:
         reader.fail("DATABASE_URL", "is required, for example postgresql://user:password@host:5432/grantex")
         return Secret("")
-    parts = urlsplit(value)
+    parts = _split_url(reader, "DATABASE_URL", value, secret=True)
+    if parts is None:
+        return Secret(value)
     if parts.scheme not in ("postgres", "postgresql"):
         reader.fail("DATABASE_URL", "must start with postgresql:// or postgres://")
+    ssl_modes = parse_qs(parts.query).get("sslmode")
+    if ssl_modes and ssl_modes[-1] not in _SSL_MODES:
+        reader.fail(
+            "DATABASE_URL",
+            f"sslmode must be disable, allow, prefer, require, verify-ca or verify-full, "
+            f"got {ssl_modes[-1]!r}",
+        )
     return Secret(value)
+
+
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 def _parse_redis_url(reader: _Reader) -> Secret:
@@ -194,7 +249,9 @@ def _parse_redis_url(reader: _Reader) -> Secret:
     if value is None:
         reader.fail("REDIS_URL", "is required, for example redis://127.0.0.1:6379/0")
         return Secret("")
-    parts = urlsplit(value)
+    parts = _split_url(reader, "REDIS_URL", value, secret=True)
+    if parts is None:
+        return Secret(value)
     if parts.scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
         reader.fail("REDIS_URL", "must start with redis://, rediss://, unix:// or redis+sentinel://")
     return Secret(value)
@@ -223,6 +280,25 @@ def _read_pem(reader: _Reader, name: str, credential: str) -> Secret | None:
     return None
 
 
+def _read_key_encryption_key(reader: _Reader) -> Secret | None:
+    """Read KEY_ENCRYPTION_KEY from its value, a file it names, or the systemd credential."""
+    value = reader.raw("KEY_ENCRYPTION_KEY")
+    if value is None:
+        credentials_directory = reader.raw("CREDENTIALS_DIRECTORY")
+        path = Path(credentials_directory) / "key_encryption_key" if credentials_directory else None
+        if path is None or not path.is_file():
+            return None
+        value = path.read_text().strip()
+    elif Path(value).is_file():
+        value = Path(value).read_text().strip()
+    try:
+        parse_key_encryption_key(value)
+    except ValueError as exc:
+        reader.fail("KEY_ENCRYPTION_KEY", str(exc))
+        return None
+    return Secret(value)
+
+
 def _parse_trust_proxy(reader: _Reader) -> TrustProxy:
     value = reader.raw("TRUST_PROXY")
     if value is None or value.lower() in ("off", "false", "0"):
@@ -244,6 +320,14 @@ def _parse_trust_proxy(reader: _Reader) -> TrustProxy:
             )
             return TrustProxy()
     return TrustProxy(networks=tuple(networks))
+
+
+def _is_ed25519_key(pem: Secret) -> bool:
+    try:
+        key = serialization.load_pem_private_key(pem.reveal().encode(), password=None)
+    except (ValueError, TypeError):
+        return False
+    return isinstance(key, ed25519.Ed25519PrivateKey)
 
 
 _ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
@@ -288,16 +372,35 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
     rsa_private_key = _read_pem(reader, "RSA_PRIVATE_KEY", "rsa_private_key")
     if auto_generate_keys and production:
         reader.fail("AUTO_GENERATE_KEYS", "is refused when GRANTEX_ENV=production; set RSA_PRIVATE_KEY")
-    if rsa_private_key is None and not auto_generate_keys and "RSA_PRIVATE_KEY" not in reader.problems:
+    key_encryption_key = _read_key_encryption_key(reader)
+    if (
+        rsa_private_key is None
+        and key_encryption_key is None
+        and not auto_generate_keys
+        and "RSA_PRIVATE_KEY" not in reader.problems
+        and "KEY_ENCRYPTION_KEY" not in reader.problems
+    ):
         reader.fail(
             "RSA_PRIVATE_KEY",
-            "is required unless AUTO_GENERATE_KEYS=true (development only); give a PEM or a file path",
+            "is required unless KEY_ENCRYPTION_KEY is set (keys kept in PostgreSQL) or "
+            "AUTO_GENERATE_KEYS=true (development only); give a PEM or a file path",
         )
+    if rsa_private_key is not None:
+        try:
+            load_signing_key(rsa_private_key.reveal())
+        except ValueError as exc:
+            reader.fail("RSA_PRIVATE_KEY", f"is not usable: {exc}")
     ed25519_private_key = _read_pem(reader, "ED25519_PRIVATE_KEY", "ed25519_private_key")
+    if ed25519_private_key is not None and not _is_ed25519_key(ed25519_private_key):
+        reader.fail("ED25519_PRIVATE_KEY", "must be an unencrypted PEM Ed25519 private key")
 
     jwt_issuer = _parse_base_url(reader, "JWT_ISSUER", reader.string("JWT_ISSUER", "https://grantex.dev"))
-    public_base_url = _parse_base_url(
-        reader, "PUBLIC_BASE_URL", reader.string("PUBLIC_BASE_URL", jwt_issuer)
+    # Unset, it inherits JWT_ISSUER without being checked again, so a bad issuer is reported once.
+    public_base_url_text = reader.raw("PUBLIC_BASE_URL")
+    public_base_url = (
+        jwt_issuer
+        if public_base_url_text is None
+        else _parse_base_url(reader, "PUBLIC_BASE_URL", public_base_url_text)
     )
 
     seed_api_key = reader.raw("SEED_API_KEY")
@@ -330,6 +433,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         redis_url=redis_url,
         rsa_private_key_pem=rsa_private_key,
         auto_generate_keys=auto_generate_keys,
+        key_encryption_key=key_encryption_key,
+        keys_refresh_interval_seconds=reader.seconds("KEYS_REFRESH_INTERVAL", 60.0, 1.0, 3600.0),
         ed25519_private_key_pem=ed25519_private_key,
         jwt_issuer=jwt_issuer,
         public_base_url=public_base_url,

@@ -19,6 +19,8 @@ its Grantex error code, so a handler never chooses a status itself.
     ├── Gone                    410 GONE
     ├── PayloadTooLarge         413 PAYLOAD_TOO_LARGE
     ├── UnsupportedMediaType    415 UNSUPPORTED_MEDIA_TYPE
+    ├── RateLimitExceeded       429 RATE_LIMIT_EXCEEDED
+    │   └── AuthorizeRateLimited 429 RATE_LIMITED
     └── ServiceUnavailable      503 SERVICE_UNAVAILABLE
         └── DatabaseUnavailable 503 SERVICE_UNAVAILABLE
 """
@@ -103,6 +105,15 @@ class UnsupportedMediaType(GrantexError):
     code = "UNSUPPORTED_MEDIA_TYPE"
 
 
+class RateLimitExceeded(GrantexError):
+    status = 429
+    code = "RATE_LIMIT_EXCEEDED"
+
+
+class AuthorizeRateLimited(RateLimitExceeded):
+    code = "RATE_LIMITED"
+
+
 class ServiceUnavailable(GrantexError):
     status = 503
     code = "SERVICE_UNAVAILABLE"
@@ -121,3 +132,13 @@ class UniqueViolation(Exception):
     def __init__(self, constraint: str | None) -> None:
         super().__init__(constraint or "unique constraint")
         self.constraint = constraint
+
+
+def leaf_exceptions(exc: BaseException) -> list[BaseException]:
+    """Flatten the exception groups that Trio nurseries raise into their leaf exceptions."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves: list[BaseException] = []
+        for inner in exc.exceptions:
+            leaves.extend(leaf_exceptions(inner))
+        return leaves
+    return [exc]

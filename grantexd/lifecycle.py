@@ -25,14 +25,23 @@ import trio_asyncio
 
 from grantexd import __version__, sdnotify
 from grantexd.config import Config
-from grantexd.crypto.keys import KeySet, generate_signing_key, load_signing_key, single_key_set
+from grantexd.crypto.keys import (
+    KeyRing,
+    KeySet,
+    SigningKey,
+    generate_signing_key,
+    load_signing_key,
+    parse_key_encryption_key,
+    single_key_set,
+)
 from grantexd.errors import DatabaseUnavailable
 from grantexd.http.app import create_app
 from grantexd.http.asgi import ShieldFinalSend
 from grantexd.http.state import RuntimeState
 from grantexd.logging import get_logger
 from grantexd.services.accounts import seed_developers
-from grantexd.services.context import Services
+from grantexd.services.context import Services, utc_now
+from grantexd.services.keys import KeyStoreError, ensure_key_set, load_key_set
 from grantexd.store.database import Database, PoolSettings
 from grantexd.store.migrations import apply_migrations
 from grantexd.store.redis import RedisStore
@@ -75,14 +84,56 @@ class ShutdownControl:
                 self.request(signal.Signals(signal_number).name)
 
 
-def load_keys(config: Config) -> KeySet:
+def load_configured_key(config: Config) -> SigningKey | None:
+    """Load RSA_PRIVATE_KEY, or generate a key when AUTO_GENERATE_KEYS is on.
+
+    Returns None when neither is set, because the key set then lives in PostgreSQL.
+    """
     if config.rsa_private_key_pem is not None:
         key = load_signing_key(config.rsa_private_key_pem.reveal())
         log.info("startup.signing_key.loaded", kid=key.kid)
-    else:
+        return key
+    if config.auto_generate_keys and config.key_encryption_key is None:
         key = generate_signing_key()
         log.warning("startup.signing_key.generated", kid=key.kid, note="ephemeral key, development only")
-    return single_key_set(key)
+        return key
+    return None
+
+
+async def open_key_set(config: Config, db: Database, configured_key: SigningKey | None) -> KeySet:
+    if config.key_encryption_key is None:
+        assert configured_key is not None
+        return single_key_set(configured_key)
+    kek = parse_key_encryption_key(config.key_encryption_key.reveal())
+    try:
+        key_set = await ensure_key_set(db, kek, configured_key, utc_now())
+    except KeyStoreError as exc:
+        raise StartupError(str(exc)) from exc
+    log.info("startup.signing_keys.loaded", activeKid=key_set.active.kid, published=len(key_set.verifying))
+    return key_set
+
+
+async def run_key_refresh(config: Config, db: Database, ring: KeyRing, stop: trio.Event) -> None:
+    """Reload the stored key set periodically, so rotations by other instances take effect here."""
+    assert config.key_encryption_key is not None
+    kek = parse_key_encryption_key(config.key_encryption_key.reveal())
+    while not stop.is_set():
+        with trio.move_on_after(config.keys_refresh_interval_seconds):
+            await stop.wait()
+        if stop.is_set():
+            return
+        try:
+            try:
+                key_set = await load_key_set(db, kek, utc_now())
+            except KeyStoreError:
+                # The active key was retired with --force: generate a replacement.
+                key_set = await ensure_key_set(db, kek, None, utc_now())
+        except (DatabaseUnavailable, KeyStoreError) as exc:
+            log.error("keys.refresh.failed", error=str(exc))
+            continue
+        if key_set.active.kid != ring.current.active.kid:
+            log.info("keys.active.changed", activeKid=key_set.active.kid)
+        ring.replace(key_set)
 
 
 def hypercorn_config(config: Config) -> hypercorn.config.Config:
@@ -129,9 +180,10 @@ async def _run_services(config: Config, control: ShutdownControl, on_ready: Call
             # 1. Tracing would start here. TODO: OpenTelemetry export is not implemented yet;
             # OTEL_EXPORTER_OTLP_ENDPOINT is validated but no spans are sent.
 
-            # 2 and 3. Signing key. (An Ed25519 key, when configured, is validated only.)
+            # 2 and 3. Signing key. (An Ed25519 key, when configured, is validated only.) A key
+            # set kept in PostgreSQL is opened after the migrations below.
             try:
-                keys = load_keys(config)
+                configured_key = load_configured_key(config)
             except ValueError as exc:
                 raise StartupError(f"RSA_PRIVATE_KEY is not usable: {exc}") from exc
 
@@ -155,13 +207,14 @@ async def _run_services(config: Config, control: ShutdownControl, on_ready: Call
             # 5. Migrations, under an advisory lock so that instances starting together take turns.
             applied = await apply_migrations(db)
             log.info("startup.migrations.done", applied=applied)
+            key_ring = KeyRing(await open_key_set(config, db, configured_key))
 
             # 6. Redis connects lazily: an unreachable Redis shows in /health, not here.
             redis = RedisStore(config.redis_url.reveal(), config.redis_timeout_seconds)
             resources.push_async_callback(_close_redis, redis)
             log.info("startup.redis.configured")
 
-            services = Services(config=config, db=db, redis=redis, keys=keys)
+            services = Services(config=config, db=db, redis=redis, key_ring=key_ring)
 
             # 7. Seed developers for development keys.
             if config.seed_api_key is not None or config.seed_sandbox_key is not None:
@@ -196,6 +249,8 @@ async def _run_services(config: Config, control: ShutdownControl, on_ready: Call
                 watchdog_interval = sdnotify.watchdog_interval_seconds()
                 if watchdog_interval is not None:
                     serving.start_soon(run_watchdog, watchdog_interval, control.requested)
+                if config.key_encryption_key is not None:
+                    serving.start_soon(run_key_refresh, config, db, key_ring, control.requested)
                 log.info("startup.complete")
                 await control.requested.wait()
                 log.info("shutdown.draining", graceSeconds=config.shutdown_grace_seconds)

@@ -7,6 +7,7 @@ has the same ``kid`` across restarts and instances.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 from dataclasses import dataclass
@@ -92,3 +93,37 @@ class KeySet:
 
 def single_key_set(key: SigningKey) -> KeySet:
     return KeySet(active=key, verifying=(key,))
+
+
+class KeyRing:
+    """The key set in force; replaced whole when the stored set is reloaded."""
+
+    def __init__(self, key_set: KeySet) -> None:
+        self._key_set = key_set
+
+    @property
+    def current(self) -> KeySet:
+        return self._key_set
+
+    def replace(self, key_set: KeySet) -> None:
+        self._key_set = key_set
+
+
+def parse_key_encryption_key(text: str) -> bytes:
+    """Decode a 32-byte key given as 64 hex digits or as base64; raise ValueError otherwise."""
+    value = text.strip()
+    candidates: list[bytes] = []
+    if len(value) == 64:
+        try:
+            candidates.append(bytes.fromhex(value))
+        except ValueError:
+            pass
+    for decode in (base64.b64decode, base64.urlsafe_b64decode):
+        try:
+            candidates.append(decode(value + "=" * (-len(value) % 4)))
+        except (binascii.Error, ValueError):
+            pass
+    for candidate in candidates:
+        if len(candidate) == 32:
+            return candidate
+    raise ValueError("must be 32 random bytes written as 64 hex digits or as base64 (openssl rand -base64 32)")

@@ -137,9 +137,10 @@ async def refresh_grant(
                 delegation_depth=grant.delegation_depth,
             )
             jti = new_id("tok")
-            grant_token = sign_jwt(services.keys, build_claims(services, claims, grant.id, jti, now))
+            key_set = services.keys
+            grant_token = sign_jwt(key_set, build_claims(services, claims, grant.id, jti, now))
             await grant_store.mark_refresh_used(tx, record.id)
-            await grant_store.insert_grant_token(tx, jti, grant.id, grant.expires_at)
+            await grant_store.insert_grant_token(tx, jti, grant.id, grant.expires_at, key_set.active.kid)
             new_token = new_refresh_token()
             await grant_store.insert_refresh_token(
                 tx,

@@ -104,8 +104,9 @@ async def insert_grant_with_tokens(services: Services, tx: Transaction, claims: 
             delegation_depth=claims.delegation_depth,
         ),
     )
-    grant_token = sign_jwt(services.keys, build_claims(services, claims, grant_id, jti, now))
-    await grant_store.insert_grant_token(tx, jti, grant_id, claims.expires_at)
+    key_set = services.keys
+    grant_token = sign_jwt(key_set, build_claims(services, claims, grant_id, jti, now))
+    await grant_store.insert_grant_token(tx, jti, grant_id, claims.expires_at, key_set.active.kid)
     refresh_token = new_refresh_token()
     await grant_store.insert_refresh_token(
         tx,

@@ -94,9 +94,13 @@ async def insert_grant(tx: Transaction, new: NewGrant) -> None:
     )
 
 
-async def insert_grant_token(tx: Transaction, jti: str, grant_id: str, expires_at: datetime) -> None:
+async def insert_grant_token(tx: Transaction, jti: str, grant_id: str, expires_at: datetime, kid: str) -> None:
     await tx.execute(
-        "INSERT INTO grant_tokens (jti, grant_id, expires_at) VALUES ($1, $2, $3)", jti, grant_id, expires_at
+        "INSERT INTO grant_tokens (jti, grant_id, expires_at, kid) VALUES ($1, $2, $3, $4)",
+        jti,
+        grant_id,
+        expires_at,
+        kid,
     )
 
 
