@@ -166,6 +166,10 @@ def daemon_environment(database_url: str, redis_url: str, port: int, **overrides
             "HOST": "127.0.0.1",
             "PORT": str(port),
             "SHUTDOWN_GRACE_PERIOD": "10",
+            # Tests sign up many developers from one address; the rate-limit tests turn these on.
+            "RATE_LIMIT_IP_PER_MINUTE": "0",
+            "RATE_LIMIT_DEVELOPER_PER_MINUTE": "0",
+            "RATE_LIMIT_AUTHORIZE_PER_MINUTE": "0",
             "LOG_LEVEL": "info",
         }
     )

@@ -17,9 +17,24 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from grantexd.errors import GrantexError
-from grantexd.http import accounts, agents, authorize, delegation, grants, health, principal, tokens, well_known
-from grantexd.http.requests import MAX_BODY_BYTES
+from grantexd.errors import BadRequest, GrantexError
+from grantexd.http import (
+    accounts,
+    agents,
+    audit,
+    authorize,
+    delegation,
+    grants,
+    health,
+    metrics,
+    pages,
+    principal,
+    tokens,
+    well_known,
+)
+from grantexd.http.limits import add_rate_limit_headers, enforce_ip_limit
+from grantexd.http.metrics import record_request
+from grantexd.http.requests import MAX_BODY_BYTES, read_json_body, text_problem
 from grantexd.http.responses import error_response
 from grantexd.http.state import RuntimeState
 from grantexd.logging import get_logger
@@ -42,8 +57,10 @@ _CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 _CORS_HEADERS = "Content-Type, Authorization, Idempotency-Key, X-Request-Id"
 _CORS_EXPOSED = "X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After, X-Request-Id"
 
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
 # Probes arrive every few seconds from load balancers; their access lines go to debug.
-_QUIET_PATHS = ("/health", "/health/live", "/health/ready")
+_QUIET_PATHS = ("/health", "/health/live", "/health/ready", "/metrics")
 
 
 def _status_code_name(status: int) -> str:
@@ -67,10 +84,18 @@ def create_app(services: Services, state: RuntimeState) -> QuartTrio:
     @app.before_request
     async def start_request() -> None:
         incoming = request.headers.get("X-Request-Id", "")
-        g.request_id = incoming if _INCOMING_REQUEST_ID.match(incoming) else str(uuid.uuid4())
+        g.request_id = incoming if _INCOMING_REQUEST_ID.fullmatch(incoming) else str(uuid.uuid4())
         g.started = time.perf_counter()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(reqId=g.request_id)
+        await enforce_ip_limit(services)
+        _check_url_text()
+        # The body is parsed before any handler authenticates, as the protocol orders it:
+        # malformed JSON without credentials is a 400, not a 401. Unknown routes keep their 404.
+        # Only the JSON API is under /v1/; the consent page posts an HTML form to /consent.
+        is_api_request = request.path.startswith("/v1/")
+        if request.method in _BODY_METHODS and request.routing_exception is None and is_api_request:
+            await read_json_body()
 
     @app.after_request
     async def finish_request(response: Response) -> Response:
@@ -91,8 +116,12 @@ def create_app(services: Services, state: RuntimeState) -> QuartTrio:
                 response.headers["Access-Control-Max-Age"] = "600"
         if request.method == "OPTIONS" and response.status_code == 200:
             response.status_code = 204
-            await response.set_data(b"")
-        _log_completion(response)
+            response.set_data(b"")
+        if response.status_code == 204:
+            # A 204 has no body, so it has no media type either.
+            response.headers.pop("Content-Type", None)
+        add_rate_limit_headers(response)
+        _log_completion(services, response)
         return response
 
     @app.errorhandler(GrantexError)
@@ -110,6 +139,9 @@ def create_app(services: Services, state: RuntimeState) -> QuartTrio:
             message = f"Method {request.method} is not allowed on {request.path}"
         elif status == 413:
             message = f"Request body is larger than the limit of {MAX_BODY_BYTES} bytes"
+        elif status >= 500:
+            log.error("request.failed.http", status=status, error=repr(error))
+            message = "An unexpected error occurred"
         else:
             message = error.description or error.name
         return error_response(status, _status_code_name(status), message)
@@ -119,15 +151,42 @@ def create_app(services: Services, state: RuntimeState) -> QuartTrio:
         log.error("request.failed.unexpected", error=repr(error), exc_info=error)
         return error_response(500, "INTERNAL_ERROR", "An unexpected error occurred")
 
-    for module in (health, well_known, accounts, agents, authorize, tokens, grants, delegation, principal):
+    blueprints = (
+        health,
+        well_known,
+        metrics,
+        accounts,
+        agents,
+        authorize,
+        tokens,
+        grants,
+        delegation,
+        principal,
+        audit,
+        pages,
+    )
+    for module in blueprints:
         app.register_blueprint(module.create_blueprint(services, state))
     return app
 
 
-def _log_completion(response: Response) -> None:
+def _check_url_text() -> None:
+    """Reject a path or query parameter with a NUL character, which PostgreSQL text cannot hold."""
+    texts = [request.path]
+    for name, value in request.args.items(multi=True):
+        texts.extend((name, value))
+    for text in texts:
+        problem = text_problem(text)
+        if problem is not None:
+            raise BadRequest(f"Request URL {problem}")
+
+
+def _log_completion(services: Services, response: Response) -> None:
     started = g.get("started")
-    elapsed_ms = round((time.perf_counter() - started) * 1000, 2) if started is not None else None
+    elapsed_seconds = time.perf_counter() - started if started is not None else 0.0
+    elapsed_ms = round(elapsed_seconds * 1000, 2)
     rule = request.url_rule.rule if request.url_rule is not None else None
+    record_request(services, request.method, rule, response.status_code, elapsed_seconds)
     fields = {
         "method": request.method,
         "route": rule,

@@ -6,6 +6,7 @@ from typing import Any
 
 from quart import Blueprint, Response
 
+from grantexd.http.limits import enforce_authorize_limit
 from grantexd.http.requests import current_developer, read_json_body
 from grantexd.http.responses import json_response
 from grantexd.http.state import RuntimeState
@@ -30,7 +31,11 @@ def create_blueprint(services: Services, state: RuntimeState) -> Blueprint:
     @blueprint.post("/v1/authorize")
     async def authorize() -> Response:
         developer = await current_developer(services)
-        result = await authorization.authorize(services, developer, await read_json_body())
+        body = await read_json_body()
+        if isinstance(body, dict):
+            # A body that is not an object is a 400 before it counts against the limit.
+            await enforce_authorize_limit(services, developer.id)
+        result = await authorization.authorize(services, developer, body)
         request = result.request
         body: dict[str, Any] = {
             "authRequestId": request.id,

@@ -7,6 +7,7 @@ from quart import Blueprint, Response
 from grantexd.http.requests import current_developer, read_json_body
 from grantexd.http.responses import json_response
 from grantexd.http.state import RuntimeState
+from grantexd.metrics import count_outcome
 from grantexd.services import delegation
 from grantexd.services.context import Services
 from grantexd.services.timefmt import to_iso
@@ -18,7 +19,8 @@ def create_blueprint(services: Services, state: RuntimeState) -> Blueprint:
     @blueprint.post("/v1/grants/delegate")
     async def delegate() -> Response:
         developer = await current_developer(services)
-        issued, depth = await delegation.delegate(services, developer, await read_json_body())
+        with count_outcome(services.metrics.token_operations, "delegate"):
+            issued, depth = await delegation.delegate(services, developer, await read_json_body())
         return json_response(
             {
                 "grantToken": issued.grant_token,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from quart import g, request
 
+from grantexd.http.limits import enforce_developer_limit
 from grantexd.errors import BadRequest, UnsupportedMediaType
 from grantexd.services import accounts
 from grantexd.services.context import Services
@@ -37,12 +40,65 @@ def _depth(value: Any, limit: int) -> int:
     return depth
 
 
+def text_problem(text: str) -> str | None:
+    """Return why PostgreSQL cannot store ``text``, or None when it can.
+
+    PostgreSQL text and jsonb reject NUL, and UTF-8 has no encoding for an unpaired
+    surrogate (JSON allows both as ``\\u`` escapes), so such input is a 400 here rather
+    than a driver error later.
+    """
+    if "\x00" in text:
+        return "must not contain NUL characters (\\u0000)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must not contain unpaired UTF-16 surrogates"
+    return None
+
+
+def _value_problem(value: Any) -> str | None:
+    """Return what is wrong with the first unstorable key, string or number in a parsed body.
+
+    A number such as ``1e400`` parses as an infinite float, which has no JSON form to store
+    or send back, so it is rejected with the strings PostgreSQL cannot hold.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            problem = text_problem(item)
+            if problem is not None:
+                return f"strings {problem}"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "numbers must be finite double-precision values"
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+_NOT_READ = object()
+
+
 async def read_json_body() -> Any:
     """Return the parsed JSON body, or None when there is none.
 
+    The body is parsed once per request and the result cached, so the ``before_request``
+    hook can reject a bad body before authentication and handlers reuse the value.
     A body sent as text/plain is returned as a string, so the route's own checks reject it
     with their usual message. Any other media type is 415; unparseable JSON is 400.
     """
+    cached = g.get("json_body", _NOT_READ)
+    if cached is not _NOT_READ:
+        return cached
+    value = await _parse_body()
+    g.json_body = value
+    return value
+
+
+async def _parse_body() -> Any:
     data = await request.get_data(cache=True)
     media_type = (request.mimetype or "").lower()
     if not data:
@@ -50,7 +106,11 @@ async def read_json_body() -> Any:
             raise BadRequest("Body cannot be empty when Content-Type is application/json")
         return None
     if media_type == "text/plain":
-        return data.decode("utf-8", errors="replace")
+        text = data.decode("utf-8", errors="replace")
+        problem = text_problem(text)
+        if problem is not None:
+            raise BadRequest(f"Request body {problem}")
+        return text
     if media_type and media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedMediaType(f"Unsupported Content-Type {media_type!r}; send application/json")
     try:
@@ -61,6 +121,9 @@ async def read_json_body() -> Any:
         raise BadRequest(f"Request body is not valid JSON: {exc}") from None
     if _depth(value, _MAX_JSON_DEPTH) > _MAX_JSON_DEPTH:
         raise BadRequest(f"Request body is not valid JSON: nested deeper than {_MAX_JSON_DEPTH} levels")
+    problem = _value_problem(value)
+    if problem is not None:
+        raise BadRequest(f"Request body {problem}")
     return value
 
 
@@ -71,6 +134,7 @@ async def current_developer(services: Services) -> Developer:
         developer = await accounts.authenticate(services, request.headers.get("Authorization"))
         g.developer = developer
         structlog.contextvars.bind_contextvars(developerId=developer.id)
+        await enforce_developer_limit(services, developer.id)
     return developer
 
 
@@ -83,6 +147,18 @@ class Page:
 
 
 MAX_PAGE_SIZE = 1000
+# Keeps the row offset, (page - 1) * pageSize, far below PostgreSQL's bigint limit.
+MAX_PAGE = 1_000_000
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
+
+
+def _whole_number(text: str | None, default: int) -> int | None:
+    """Return the ASCII decimal ``text`` as an int, ``default`` when absent, None when malformed."""
+    if text is None:
+        return default
+    if _WHOLE_NUMBER.fullmatch(text) is None:
+        return None
+    return int(text)
 
 
 def read_page() -> Page:
@@ -90,17 +166,11 @@ def read_page() -> Page:
     size_text = request.args.get("pageSize")
     if page_text is None and size_text is None:
         return Page(limit=None, offset=0)
-    try:
-        page = int(page_text) if page_text is not None else 1
-    except ValueError:
-        raise BadRequest(f"page must be a whole number of at least 1, got {page_text!r}") from None
-    try:
-        size = int(size_text) if size_text is not None else 50
-    except ValueError:
-        raise BadRequest(f"pageSize must be a whole number from 1 to {MAX_PAGE_SIZE}, got {size_text!r}") from None
-    if page < 1:
-        raise BadRequest(f"page must be a whole number of at least 1, got {page_text!r}")
-    if not 1 <= size <= MAX_PAGE_SIZE:
+    page = _whole_number(page_text, 1)
+    if page is None or not 1 <= page <= MAX_PAGE:
+        raise BadRequest(f"page must be a whole number from 1 to {MAX_PAGE}, got {page_text!r}")
+    size = _whole_number(size_text, 50)
+    if size is None or not 1 <= size <= MAX_PAGE_SIZE:
         raise BadRequest(f"pageSize must be a whole number from 1 to {MAX_PAGE_SIZE}, got {size_text!r}")
     return Page(limit=size, offset=(page - 1) * size)
 

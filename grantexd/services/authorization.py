@@ -21,7 +21,7 @@ from grantexd.store.grants import count_active_grants
 
 log = get_logger()
 
-_S256_CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_S256_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ async def authorize(services: Services, developer: Developer, body: object) -> A
     if code_challenge is not None and (
         code_challenge_method != "S256"
         or not isinstance(code_challenge, str)
-        or not _S256_CHALLENGE.match(code_challenge)
+        or not _S256_CHALLENGE.fullmatch(code_challenge)
     ):
         raise BadRequest("codeChallengeMethod must be S256 and codeChallenge must be a valid S256 digest")
 
@@ -137,6 +137,7 @@ async def authorize(services: Services, developer: Developer, body: object) -> A
         agentId=agent.id,
         outcome="approved" if sandbox else "pending",
     )
+    services.metrics.authorizations.labels("approved" if sandbox else "pending").inc()
     consent_url = f"{services.config.public_base_url}/consent?req={request.id}"
     return AuthorizeResult(request=request, consent_url=consent_url, sandbox=sandbox)
 
@@ -160,6 +161,7 @@ async def approve_consent(services: Services, request_id: str) -> AuthRequest:
     request = await request_store.approve_pending(services.db, request_id, new_ulid(), developer_id=None)
     if request is not None:
         log.info("authorization.approved", authRequestId=request_id, via="consent")
+        services.metrics.authorizations.labels("approved").inc()
         return request
     view = await request_store.find_consent_view(services.db, request_id)
     if (
@@ -177,6 +179,7 @@ async def deny_consent(services: Services, request_id: str) -> AuthRequest:
     request = await request_store.deny_pending(services.db, request_id, developer_id=None, require_unexpired=False)
     if request is not None:
         log.info("authorization.denied", authRequestId=request_id, via="consent")
+        services.metrics.authorizations.labels("denied").inc()
         return request
     view = await request_store.find_consent_view(services.db, request_id)
     if (

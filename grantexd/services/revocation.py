@@ -36,6 +36,7 @@ async def revoke_grant(services: Services, developer_id: str, grant_id: str) -> 
 
 async def mark_grants_revoked(services: Services, revoked: list[RevokedGrant]) -> None:
     """Set the Redis revocation marks after the database commit; best effort."""
+    services.metrics.grants_revoked.inc(len(revoked))
     for grant in revoked:
         try:
             await services.redis.set_with_ttl(

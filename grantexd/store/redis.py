@@ -39,6 +39,32 @@ def revoked_grant_key(grant_id: str) -> str:
     return f"revoked:grant:{grant_id}"
 
 
+def rate_limit_key(scope: str, subject: str, window_index: int) -> str:
+    """Key of one rate-limit window; ``scope`` names the limit (ip, developer, authorize, ...)."""
+    return f"ratelimit:{scope}:{subject}:{window_index}"
+
+
+# A sliding-window counter in one round trip: the current fixed window's count plus the
+# previous window's count weighted by how much of it still overlaps the sliding window.
+# A request that would exceed the limit is rejected and not counted.
+_SLIDING_WINDOW_SCRIPT = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
+local limit = tonumber(ARGV[1])
+local window_ms = tonumber(ARGV[2])
+local elapsed_ms = tonumber(ARGV[3])
+local used = math.floor(previous * (window_ms - elapsed_ms) / window_ms) + current
+if used >= limit then
+  return {0, used}
+end
+current = redis.call('INCR', KEYS[1])
+if current == 1 then
+  redis.call('PEXPIRE', KEYS[1], window_ms * 2)
+end
+return {1, used + 1}
+"""
+
+
 class RedisStore:
     def __init__(self, url: str, timeout_seconds: float) -> None:
         self._client = aioredis.Redis.from_url(
@@ -51,6 +77,7 @@ class RedisStore:
         self._retry_at = 0.0
         self._backoff_seconds = _BACKOFF_START_SECONDS
         self._available = True
+        self._sliding_window = self._client.register_script(_SLIDING_WINDOW_SCRIPT)
 
     @property
     def available(self) -> bool:
@@ -94,6 +121,21 @@ class RedisStore:
 
     async def set_with_ttl(self, key: str, value: str, ttl_seconds: int) -> None:
         await self._call("SET", lambda: self._client.set(key, value, ex=max(1, ttl_seconds)))
+
+    async def count_request(
+        self, scope: str, subject: str, limit: int, window_ms: int, now_ms: int
+    ) -> tuple[bool, int]:
+        """Count one request against a sliding-window limit; return (allowed, requests used)."""
+        window_index = now_ms // window_ms
+        keys = [
+            rate_limit_key(scope, subject, window_index),
+            rate_limit_key(scope, subject, window_index - 1),
+        ]
+        arguments = [limit, window_ms, now_ms - window_index * window_ms]
+        allowed, used = await self._call(
+            "EVALSHA", lambda: self._sliding_window(keys=keys, args=arguments)
+        )
+        return bool(allowed), int(used)
 
     async def close(self) -> None:
         with trio.move_on_after(2) as scope:
