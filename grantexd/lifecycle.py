@@ -45,6 +45,7 @@ from grantexd.services.keys import KeyStoreError, ensure_key_set, load_key_set
 from grantexd.store.database import Database, PoolSettings
 from grantexd.store.migrations import apply_migrations
 from grantexd.store.redis import RedisStore
+from grantexd.tracing import setup_tracing, shutdown_tracing
 
 log = get_logger()
 
@@ -177,8 +178,10 @@ async def _run_services(config: Config, control: ShutdownControl, on_ready: Call
     log.info("startup.begin", version=__version__, environment=config.environment)
     async with AsyncExitStack() as resources:
         with control.startup_scope:
-            # 1. Tracing would start here. TODO: OpenTelemetry export is not implemented yet;
-            # OTEL_EXPORTER_OTLP_ENDPOINT is validated but no spans are sent.
+            # 1. Tracing first, so every later step can be traced.
+            if config.otel_exporter_otlp_endpoint is not None:
+                setup_tracing(config.otel_exporter_otlp_endpoint)
+                resources.callback(shutdown_tracing)
 
             # 2 and 3. Signing key. (An Ed25519 key, when configured, is validated only.) A key
             # set kept in PostgreSQL is opened after the migrations below.

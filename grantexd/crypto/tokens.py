@@ -7,6 +7,7 @@ from typing import Any
 import jwt
 
 from grantexd.crypto.keys import KeySet
+from grantexd.tracing import span
 
 
 class TokenInvalid(Exception):
@@ -16,7 +17,8 @@ class TokenInvalid(Exception):
 def sign_jwt(key_set: KeySet, claims: dict[str, Any]) -> str:
     # The header carries alg and kid only, as the reference server's tokens do.
     key = key_set.active
-    return jwt.encode(claims, key.private_key, algorithm="RS256", headers={"kid": key.kid, "typ": None})
+    with span("jwt.sign", kid=key.kid):
+        return jwt.encode(claims, key.private_key, algorithm="RS256", headers={"kid": key.kid, "typ": None})
 
 
 def decode_jwt(key_set: KeySet, token: str, issuer: str, now: float) -> dict[str, Any]:

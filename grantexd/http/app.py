@@ -39,6 +39,7 @@ from grantexd.http.responses import error_response
 from grantexd.http.state import RuntimeState
 from grantexd.logging import get_logger
 from grantexd.services.context import Services
+from grantexd.tracing import end_request_span, start_request_span, trace_id_of
 
 log = get_logger()
 
@@ -88,6 +89,11 @@ def create_app(services: Services, state: RuntimeState) -> QuartTrio:
         g.started = time.perf_counter()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(reqId=g.request_id)
+        rule = request.url_rule.rule if request.url_rule is not None else None
+        g.request_span, g.trace_token = start_request_span(request.method, rule, request.headers)
+        trace_id = trace_id_of(g.request_span)
+        if trace_id is not None:
+            structlog.contextvars.bind_contextvars(traceId=trace_id)
         await enforce_ip_limit(services)
         _check_url_text()
         # The body is parsed before any handler authenticates, as the protocol orders it:
@@ -122,6 +128,9 @@ def create_app(services: Services, state: RuntimeState) -> QuartTrio:
             response.headers.pop("Content-Type", None)
         add_rate_limit_headers(response)
         _log_completion(services, response)
+        if g.get("request_span") is not None:
+            end_request_span(g.request_span, g.trace_token, response.status_code)
+            g.request_span = None
         return response
 
     @app.errorhandler(GrantexError)

@@ -10,6 +10,7 @@ Driver errors are translated once, here: a lost or refused connection becomes
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ import trio_asyncio
 
 from grantexd.errors import DatabaseUnavailable, UniqueViolation
 from grantexd.logging import get_logger
+from grantexd.tracing import span
 
 log = get_logger()
 
@@ -40,6 +42,12 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.InterfaceError,
 )
+
+
+def _operation_of(query: str) -> str:
+    """Return the statement's first keyword (SELECT, INSERT, ...) for span names, never its values."""
+    words = query.split(None, 1)
+    return words[0].upper() if words else ""
 
 
 def _translate(exc: BaseException) -> BaseException:
@@ -89,7 +97,8 @@ class _Queries:
     async def _call(self, method: str, query: str, *args: Any) -> Any:
         function = getattr(self._target, method)
         try:
-            return await trio_asyncio.aio_as_trio(function)(query, *args)
+            with span("db.query", **{"db.system": "postgresql", "db.operation": _operation_of(query)}):
+                return await trio_asyncio.aio_as_trio(function)(query, *args)
         except Exception as exc:
             translated = _translate(exc)
             if translated is exc:
@@ -160,6 +169,10 @@ class Database(_Queries):
         database = cls(pool, settings)
         try:
             await database.fetchval("SELECT 1")
+        except asyncpg.PostgresError as exc:
+            # The server rejected the first connection: a wrong database name, user or password.
+            await database.close()
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
         except BaseException:
             await database.close()
             raise
@@ -208,10 +221,36 @@ class Database(_Queries):
             else:
                 await _run_translated(asyncpg_transaction.commit)
 
+    async def probe(self) -> None:
+        """Run ``SELECT 1`` for the health check; raise DatabaseUnavailable if it fails.
+
+        Unlike the other queries, this returns as soon as the caller is cancelled. When the
+        server hangs, asyncpg's cleanup of a cancelled query (a CancelRequest, then releasing the
+        connection) can take up to the command timeout, so it finishes in the background instead
+        of holding the health check past its own timeout.
+        """
+
+        async def select_one() -> Any:
+            query = asyncio.ensure_future(self._pool.fetchval("SELECT 1"))
+            query.add_done_callback(_discard_outcome)
+            try:
+                return await asyncio.shield(query)
+            except asyncio.CancelledError:
+                query.cancel()
+                raise
+
+        await _run_translated(select_one)
+
     def pool_usage(self) -> tuple[int, int]:
         """Return (open connections, connections in use)."""
         size = self._pool.get_size()
         return size, size - self._pool.get_idle_size()
+
+
+def _discard_outcome(task: asyncio.Future[Any]) -> None:
+    """Retrieve a background query's outcome so asyncio does not report it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _run_translated(function: Callable[[], Any]) -> Any:

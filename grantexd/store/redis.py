@@ -18,6 +18,7 @@ import trio
 import trio_asyncio
 
 from grantexd.logging import get_logger
+from grantexd.tracing import span
 
 log = get_logger()
 
@@ -88,7 +89,7 @@ class RedisStore:
         if not probe and now < self._retry_at:
             raise RedisUnavailable("Redis is unavailable; waiting before the next attempt")
         try:
-            with trio.fail_after(self._timeout_seconds):
+            with trio.fail_after(self._timeout_seconds), span("redis.command", **{"db.operation": operation}):
                 result = await trio_asyncio.aio_as_trio(function)()
         except (trio.TooSlowError, OSError, redis.exceptions.RedisError) as exc:
             self._record_failure(operation, exc)
