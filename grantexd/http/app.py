@@ -27,6 +27,7 @@ from grantexd.http import (
     grants,
     health,
     metrics,
+    openapi,
     pages,
     principal,
     tokens,
@@ -76,7 +77,8 @@ def _status_code_name(status: int) -> str:
 
 
 def create_app(services: Services, state: RuntimeState) -> QuartTrio:
-    app = QuartTrio("grantexd")
+    # No default static route: the pages blueprint serves its own files.
+    app = QuartTrio("grantexd", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     app.url_map.strict_slashes = False
@@ -164,6 +166,7 @@ def create_app(services: Services, state: RuntimeState) -> QuartTrio:
         health,
         well_known,
         metrics,
+        openapi,
         accounts,
         agents,
         authorize,
