@@ -30,6 +30,14 @@ _PARENT_FAILURES: dict[str, tuple[type[Exception], str]] = {
 }
 
 
+def _is_missing(value: object) -> bool:
+    """Return whether a field counts as absent: null, false, zero or an empty string.
+
+    An empty list is present, so ``"scopes": []`` gets the message about the scope list.
+    """
+    return value is None or value is False or value == 0 or value == ""
+
+
 def _check_delegated_scopes(value: object) -> list[str]:
     message = "scopes must contain 1 to 100 non-empty strings of at most 256 characters"
     if not isinstance(value, list) or not 1 <= len(value) <= 100:
@@ -47,7 +55,7 @@ async def delegate(services: Services, developer: Developer, body: object) -> tu
     parent_token = body.get("parentGrantToken")
     sub_agent_id = body.get("subAgentId")
     scopes = body.get("scopes")
-    if not parent_token or not sub_agent_id or not scopes:
+    if _is_missing(parent_token) or _is_missing(sub_agent_id) or _is_missing(scopes):
         raise BadRequest("parentGrantToken, subAgentId, and scopes are required")
     if not isinstance(parent_token, str) or not isinstance(sub_agent_id, str):
         raise BadRequest("parentGrantToken, subAgentId, and scopes are required")
