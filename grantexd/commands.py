@@ -1,4 +1,4 @@
-"""The ``serve`` and ``migrate`` commands: configuration, logging, and the exit status."""
+"""The ``serve``, ``migrate`` and ``audit verify`` commands: configuration, logging, and the exit status."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from grantexd import lifecycle
 from grantexd.config import ConfigError, load_config
 from grantexd.errors import DatabaseUnavailable
 from grantexd.logging import configure_logging, get_logger, log_fatal
+from grantexd.services import audit
 from grantexd.store.database import Database, PoolSettings
 from grantexd.store.migrations import MigrationError, apply_migrations
 
@@ -77,8 +78,62 @@ def migrate(environ: Mapping[str, str] | None = None) -> int:
 
     try:
         applied = trio.run(apply)
-    except (DatabaseUnavailable, MigrationError) as exc:
-        log_fatal("migrate.failed", error=str(exc))
+    except Exception as exc:
+        # trio_asyncio's loop nursery wraps the failure in exception groups.
+        expected = (DatabaseUnavailable, MigrationError)
+        failures = [error for error in _leaf_exceptions(exc) if isinstance(error, expected)]
+        if not failures:
+            raise
+        log_fatal("migrate.failed", error="; ".join(str(error) for error in failures))
         return 1
     get_logger().info("migrate.done", applied=applied)
     return 0
+
+
+def verify_audit(developer_id: str | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Verify audit hash chains and log one line per chain.
+
+    Checks one developer's chain, or every chain when ``developer_id`` is None. Returns 0 when
+    every chain is intact, 1 when one is broken and 2 when the check could not run.
+    """
+    configure_logging("info")
+    try:
+        config = load_config(environ)
+    except ConfigError as exc:
+        log_fatal("config.invalid", errors=exc.problems, message=str(exc))
+        return 2
+
+    async def verify() -> int:
+        async with trio_asyncio.open_loop():
+            db = await Database.open(
+                PoolSettings(
+                    url=config.database_url.reveal(),
+                    min_size=0,
+                    max_size=1,
+                    connect_timeout_seconds=config.db_connect_timeout_seconds,
+                    command_timeout_seconds=config.db_command_timeout_seconds,
+                    idle_timeout_seconds=0,
+                )
+            )
+            try:
+                if not await audit.audit_log_exists(db):
+                    log_fatal(
+                        "audit.verify.failed",
+                        error="the audit_entries table does not exist; run grantexd migrate first",
+                    )
+                    return 2
+                reports = await audit.verify_chains(db, developer_id)
+                return 1 if any(report.first_break is not None for report in reports) else 0
+            finally:
+                await db.close()
+
+    try:
+        return trio.run(verify)
+    except Exception as exc:  # noqa: BLE001 - exit 2, not Python's 1, which means "broken"
+        errors = _leaf_exceptions(exc)
+        failures = [error for error in errors if isinstance(error, DatabaseUnavailable)]
+        if failures:
+            log_fatal("audit.verify.failed", error=str(failures[0]))
+        else:
+            log_fatal("audit.verify.crashed", error=repr(errors[0]), exc_info=errors[0])
+        return 2
