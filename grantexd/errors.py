@@ -14,11 +14,11 @@ its Grantex error code, so a handler never chooses a status itself.
     │   ├── PolicyDenied        403 POLICY_DENIED
     │   └── DelegationDepthExceeded 403 DELEGATION_DEPTH_EXCEEDED
     ├── NotFound                404 NOT_FOUND
-    ├── MethodNotAllowed        405 METHOD_NOT_ALLOWED
+    ├── MethodNotAllowed        405 BAD_REQUEST
     ├── Conflict                409 CONFLICT
     ├── Gone                    410 GONE
-    ├── PayloadTooLarge         413 PAYLOAD_TOO_LARGE
-    ├── UnsupportedMediaType    415 UNSUPPORTED_MEDIA_TYPE
+    ├── PayloadTooLarge         413 BAD_REQUEST
+    ├── UnsupportedMediaType    415 BAD_REQUEST
     ├── RateLimitExceeded       429 RATE_LIMIT_EXCEEDED
     │   └── AuthorizeRateLimited 429 RATE_LIMITED
     └── ServiceUnavailable      503 SERVICE_UNAVAILABLE
@@ -82,7 +82,7 @@ class NotFound(GrantexError):
 
 class MethodNotAllowed(GrantexError):
     status = 405
-    code = "METHOD_NOT_ALLOWED"
+    code = "BAD_REQUEST"
 
 
 class Conflict(GrantexError):
@@ -97,12 +97,12 @@ class Gone(GrantexError):
 
 class PayloadTooLarge(GrantexError):
     status = 413
-    code = "PAYLOAD_TOO_LARGE"
+    code = "BAD_REQUEST"
 
 
 class UnsupportedMediaType(GrantexError):
     status = 415
-    code = "UNSUPPORTED_MEDIA_TYPE"
+    code = "BAD_REQUEST"
 
 
 class RateLimitExceeded(GrantexError):

@@ -18,12 +18,12 @@ _DESCRIPTIONS = {
     "contacts:read": "Read your address book and contacts",
 }
 
-_PAYMENT_LIMIT = re.compile(r"^payments:initiate:max_(\d+)$")
+_PAYMENT_LIMIT = re.compile(r"payments:initiate:max_([0-9]+)")
 
 
 def describe_scope(scope: str) -> str:
     """Return the description of a known scope, or the scope itself when none is known."""
-    match = _PAYMENT_LIMIT.match(scope)
+    match = _PAYMENT_LIMIT.fullmatch(scope)
     if match is not None:
         return f"Initiate payments up to {match.group(1)} in your account's base currency"
     return _DESCRIPTIONS.get(scope, scope)

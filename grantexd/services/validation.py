@@ -25,18 +25,98 @@ def check_scope_list(value: object, allow_empty: bool = True) -> list[str]:
     return list(value)
 
 
-def _is_private_host(hostname: str) -> bool:
-    if hostname in ("localhost",) or hostname.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(hostname.strip("[]"))
-    except ValueError:
-        return False
+# Characters that may not appear in a URL host (the WHATWG URL standard's forbidden host
+# and domain code points), so a browser would reject the URL that Python's urlsplit accepts.
+_FORBIDDEN_HOST_CHARACTERS = frozenset(" #%/:<>?@[\\]^|\x7f") | frozenset(chr(code) for code in range(0x20))
+
+
+def _ipv4_part(text: str) -> int | None:
+    """Parse one dotted part of a WHATWG IPv4 host: decimal, ``0x`` hex or ``0`` octal."""
+    if text[:2].lower() == "0x":
+        digits, base = text[2:], 16
+    elif len(text) > 1 and text.startswith("0"):
+        digits, base = text[1:], 8
+    else:
+        digits, base = text, 10
+    if digits == "":
+        return 0 if base == 16 else None
+    allowed = "0123456789abcdefABCDEF"[: 22 if base == 16 else base]
+    if len(digits) > 32 or any(character not in allowed for character in digits):
+        return None
+    return int(digits, base)
+
+
+def _dotted_parts(hostname: str) -> list[str]:
+    parts = hostname.split(".")
+    if parts[-1] == "" and len(parts) > 1:
+        parts.pop()
+    return parts
+
+
+def _ends_in_number(hostname: str) -> bool:
+    """Tell whether a browser parses ``hostname`` as an IPv4 address rather than a domain."""
+    return _ipv4_part(_dotted_parts(hostname)[-1]) is not None
+
+
+def _parse_ipv4(hostname: str) -> ipaddress.IPv4Address | None:
+    """Return the IPv4 address a browser reads from a numeric host, or None if it is invalid.
+
+    Browsers accept ``2130706433``, ``0x7f.1`` and ``0177.0.0.1`` as 127.0.0.1, so those
+    forms must not slip past the private-host check.
+    """
+    parts = _dotted_parts(hostname)
+    if len(parts) > 4:
+        return None
+    numbers: list[int] = []
+    for part in parts:
+        number = _ipv4_part(part)
+        if number is None:
+            return None
+        numbers.append(number)
+    if any(number > 255 for number in numbers[:-1]) or numbers[-1] >= 256 ** (5 - len(numbers)):
+        return None
+    value = numbers[-1]
+    for index, number in enumerate(numbers[:-1]):
+        value += number * 256 ** (3 - index)
+    return ipaddress.IPv4Address(value)
+
+
+def _is_private_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
     return address.is_private or address.is_loopback or address.is_link_local or address.is_unspecified
 
 
+def _is_private_host(hostname: str) -> bool:
+    name = hostname.rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    if ":" in name:
+        return _is_private_address(ipaddress.IPv6Address(name))
+    if not _ends_in_number(name):
+        return False
+    address = _parse_ipv4(name)
+    return address is not None and _is_private_address(address)
+
+
+def _host_is_valid(hostname: str) -> bool:
+    if ":" in hostname:
+        try:
+            ipaddress.IPv6Address(hostname)
+        except ValueError:
+            return False
+        return True
+    if any(character in _FORBIDDEN_HOST_CHARACTERS for character in hostname):
+        return False
+    return not _ends_in_number(hostname) or _parse_ipv4(hostname) is not None
+
+
 def redirect_uri_problem(value: str, production: bool) -> str | None:
-    """Return why ``value`` is not an acceptable redirect URI, or None if it is."""
+    """Return why ``value`` is not an acceptable redirect URI, or None if it is.
+
+    The checks run in the order the protocol lists the reasons: a parseable absolute URL,
+    no credentials, a host, an http(s) scheme, then the production-only rules.
+    """
     if not 1 <= len(value) <= 2048:
         return "URL must be absolute and valid"
     try:
@@ -45,7 +125,12 @@ def redirect_uri_problem(value: str, production: bool) -> str | None:
         _ = parts.port
     except ValueError:
         return "URL must be absolute and valid"
-    if not parts.scheme or not parts.netloc:
+    if not parts.scheme:
+        return "URL must be absolute and valid"
+    if parts.scheme in ("https", "http") and not hostname:
+        # Browsers cannot parse an http(s) URL without a host at all.
+        return "URL must be absolute and valid"
+    if hostname and not _host_is_valid(hostname):
         return "URL must be absolute and valid"
     if parts.username is not None or parts.password is not None:
         return "URL must not contain embedded credentials"
