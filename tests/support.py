@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import signal
@@ -13,13 +14,16 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 
 from grantexd.dev import free_port
+
+T = TypeVar("T")
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -36,6 +40,16 @@ class Backends:
         return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+def run_asyncio(coroutine_function: Callable[[], Awaitable[T]]) -> T:
+    """Run an asyncio coroutine in a thread of its own.
+
+    Tests that run inside Trio (pytest-trio) cannot call asyncio.run in their own thread once
+    trio_asyncio is imported, so every asyncpg helper here runs on a short-lived thread.
+    """
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
+        return executor.submit(asyncio.run, coroutine_function()).result()
+
+
 def _run_admin(admin_url: str, statement: str) -> None:
     async def execute() -> None:
         connection = await asyncpg.connect(admin_url, timeout=10)
@@ -44,7 +58,7 @@ def _run_admin(admin_url: str, statement: str) -> None:
         finally:
             await connection.close()
 
-    asyncio.run(execute())
+    run_asyncio(execute)
 
 
 def create_database(backends: Backends) -> str:
@@ -67,7 +81,7 @@ def query(url: str, statement: str, *args: Any) -> list[dict[str, Any]]:
         finally:
             await connection.close()
 
-    return asyncio.run(fetch())
+    return run_asyncio(fetch)
 
 
 @dataclass

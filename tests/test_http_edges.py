@@ -27,7 +27,7 @@ from tests.protocol_support import (
     issue_grant,
     new_developer,
 )
-from tests.support import Backends, Daemon, create_database, drop_database, new_daemon, stop_quietly
+from tests.support import Backends, Daemon, create_database, drop_database, new_daemon, signup, stop_quietly
 
 MIB = 1024 * 1024
 
@@ -534,3 +534,29 @@ def test_timestamps_format(client: httpx.Client, developer: Developer) -> None:
     }
     for name, value in timestamps.items():
         assert ISO_TIMESTAMP.fullmatch(value), (name, value)
+
+
+def test_unsupported_sdk_route_is_404(client: httpx.Client) -> None:
+    # The SDK's audit.checkpoint() calls a route this server does not implement.
+    response = client.post("/v1/audit/checkpoints", json={})
+    assert_error(response, 404, "NOT_FOUND", "Route POST:/v1/audit/checkpoints not found")
+
+
+def test_cross_site_consent_decision_rejected(client: httpx.Client) -> None:
+    developer = signup(client, mode="live")
+    headers = {"Authorization": f"Bearer {developer['apiKey']}"}
+    agent = client.post("/v1/agents", json={"name": "a"}, headers=headers).json()
+    request = client.post(
+        "/v1/authorize", json={"agentId": agent["agentId"], "principalId": "p", "scopes": ["s"]}, headers=headers
+    ).json()
+    for action in ("approve", "deny"):
+        response = client.post(
+            f"/v1/consent/{request['authRequestId']}/{action}", headers={"Origin": "https://evil.example"}
+        )
+        assert_error(response, 403, "FORBIDDEN", "Consent decisions from origin 'https://evil.example' are not allowed")
+    consent = client.get(f"/v1/consent/{request['authRequestId']}")
+    assert consent.json()["status"] == "pending"
+    same_origin = client.post(
+        f"/v1/consent/{request['authRequestId']}/approve", headers={"Origin": str(client.base_url).rstrip("/")}
+    )
+    assert same_origin.status_code == 200
