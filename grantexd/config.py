@@ -105,6 +105,10 @@ class Config:
     rate_limit_authorize_per_minute: int
     webhook_allow_private_hosts: bool
     webhook_allow_insecure_urls: bool
+    # Delay before the first retry of a failed webhook attempt; each later retry doubles it.
+    webhook_retry_delay_seconds: float = 30.0
+    # Time limit of one webhook attempt, DNS resolution included.
+    webhook_timeout_seconds: float = 10.0
 
     @property
     def is_production(self) -> bool:
@@ -185,8 +189,8 @@ def _split_url(reader: _Reader, name: str, value: str, *, secret: bool) -> Split
     except ValueError:
         parts = None
     if parts is None or not _has_valid_ports(parts.netloc):
-        shown = "" if secret else f", got {value!r}"
-        reader.fail(name, f"is not a valid URL or has an invalid port{shown}")
+        quoted_value = "" if secret else f", got {value!r}"
+        reader.fail(name, f"is not a valid URL or has an invalid port{quoted_value}")
         return None
     return parts
 
@@ -466,6 +470,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         ),
         webhook_allow_private_hosts=reader.boolean("WEBHOOK_ALLOW_PRIVATE_HOSTS", not production),
         webhook_allow_insecure_urls=reader.boolean("WEBHOOK_ALLOW_INSECURE_URLS", not production),
+        webhook_retry_delay_seconds=reader.seconds("WEBHOOK_RETRY_DELAY", 30.0, 0.01, 3600.0),
+        webhook_timeout_seconds=reader.seconds("WEBHOOK_TIMEOUT", 10.0, 0.1, 60.0),
     )
     if reader.problems:
         raise ConfigError(reader.problems)

@@ -23,7 +23,7 @@ async def probe_dependencies(services: Services) -> list[str]:
     async def probe_database() -> None:
         with trio.move_on_after(timeout):
             try:
-                await services.db.fetchval("SELECT 1")
+                await services.db.probe()
                 failing["db"] = False
             except DatabaseUnavailable as exc:
                 log.debug("health.db.failed", error=str(exc))

@@ -22,7 +22,7 @@ import asyncpg
 import trio
 import trio_asyncio
 
-from grantexd.errors import DatabaseUnavailable, UniqueViolation
+from grantexd.errors import BadRequest, DatabaseUnavailable, UniqueViolation
 from grantexd.logging import get_logger
 from grantexd.tracing import span
 
@@ -50,9 +50,31 @@ def _operation_of(query: str) -> str:
     return words[0].upper() if words else ""
 
 
+class ConnectionRejected(ConnectionError):
+    """PostgreSQL refused a new connection because of the login, the database name or the server state."""
+
+
+async def _connect_translating_rejections(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """Open a pool connection, turning a server-side refusal into ``ConnectionRejected``.
+
+    asyncpg raises the same error classes for a refused login as for a failed query, so
+    without this a revoked role or a database that stopped accepting connections would be a
+    500 instead of a retryable 503.
+    """
+    try:
+        return await asyncpg.connect(*args, **kwargs)
+    except asyncpg.PostgresError as exc:
+        raise ConnectionRejected(str(exc)) from exc
+
+
 def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, asyncpg.UniqueViolationError):
         return UniqueViolation(getattr(exc, "constraint_name", None))
+    if isinstance(exc, asyncpg.DataError):
+        # A value that PostgreSQL cannot store (a NUL character, an out-of-range number) got
+        # past the request checks; it is the client's input, so it is a 400, not a 500.
+        log.warning("database.data_error", error=str(exc))
+        return BadRequest("A request value cannot be stored: it contains an invalid character or number")
     if isinstance(exc, _UNAVAILABLE_ERRORS):
         return DatabaseUnavailable()
     return exc
@@ -154,6 +176,7 @@ class Database(_Queries):
                 timeout=settings.connect_timeout_seconds,
                 command_timeout=settings.command_timeout_seconds,
                 max_inactive_connection_lifetime=settings.idle_timeout_seconds,
+                connect=_connect_translating_rejections,
             )
 
         try:
@@ -169,10 +192,14 @@ class Database(_Queries):
         database = cls(pool, settings)
         try:
             await database.fetchval("SELECT 1")
-        except asyncpg.PostgresError as exc:
-            # The server rejected the first connection: a wrong database name, user or password.
+        except (asyncpg.PostgresError, DatabaseUnavailable) as exc:
+            # The first connection failed. Report the driver's reason (refused, timed out, or a
+            # wrong database name, user or password), not the generic retry message for clients.
             await database.close()
-            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+            reason = exc.__cause__ if isinstance(exc, DatabaseUnavailable) and exc.__cause__ else exc
+            raise DatabaseUnavailable(
+                f"cannot connect to PostgreSQL: {str(reason) or type(reason).__name__}"
+            ) from exc
         except BaseException:
             await database.close()
             raise
@@ -222,7 +249,7 @@ class Database(_Queries):
                 await _run_translated(asyncpg_transaction.commit)
 
     async def probe(self) -> None:
-        """Run ``SELECT 1`` for the health check; raise DatabaseUnavailable if it fails.
+        """Run ``SELECT 1`` for the health check, raising DatabaseUnavailable if it fails.
 
         Unlike the other queries, this returns as soon as the caller is cancelled. When the
         server hangs, asyncpg's cleanup of a cancelled query (a CancelRequest, then releasing the
@@ -239,7 +266,15 @@ class Database(_Queries):
                 query.cancel()
                 raise
 
-        await _run_translated(select_one)
+        try:
+            await _run_translated(select_one)
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            # Any other driver error still means the database cannot serve requests, and the
+            # health check must report that instead of failing with a 500.
+            log.warning("database.probe.failed", error=repr(exc))
+            raise DatabaseUnavailable(f"the health query failed: {exc!r}") from exc
 
     def pool_usage(self) -> tuple[int, int]:
         """Return (open connections, connections in use)."""

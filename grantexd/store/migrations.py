@@ -11,6 +11,10 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 
+import asyncpg
+import trio
+
+from grantexd.errors import DatabaseUnavailable, UniqueViolation
 from grantexd.logging import get_logger
 from grantexd.store.database import Database, Transaction
 
@@ -18,6 +22,7 @@ log = get_logger()
 
 # An arbitrary constant that names "grantexd migrations" among advisory locks.
 _MIGRATION_LOCK_KEY = 0x6772616E746578
+_LOCK_POLL_SECONDS = 0.2
 
 
 class MigrationError(Exception):
@@ -48,7 +53,7 @@ async def apply_migrations(database: Database, migrations: list[Migration] | Non
     pending_migrations = bundled_migrations() if migrations is None else migrations
     applied_now: list[str] = []
     async with database.connection() as connection:
-        await connection.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_KEY)
+        await _wait_for_migration_lock(connection)
         try:
             await connection.execute(
                 """
@@ -71,7 +76,12 @@ async def apply_migrations(database: Database, migrations: list[Migration] | Non
                             "restore the original file and add a new migration instead"
                         )
                     continue
-                await _apply_one(connection, migration)
+                try:
+                    await _apply_one(connection, migration)
+                except (asyncpg.PostgresError, UniqueViolation, DatabaseUnavailable) as exc:
+                    raise MigrationError(
+                        f"migration {migration.name} failed and was rolled back: {exc}"
+                    ) from exc
                 applied_now.append(migration.name)
                 log.info("migration.applied", migration=migration.name)
         finally:
@@ -79,7 +89,23 @@ async def apply_migrations(database: Database, migrations: list[Migration] | Non
     return applied_now
 
 
+async def _wait_for_migration_lock(connection: Transaction) -> None:
+    """Take the migration lock, polling while another instance holds it.
+
+    A blocking ``pg_advisory_lock`` would be one query open for as long as the other instance
+    migrates, so the command timeout would end the wait and fail startup.
+    """
+    waiting_logged = False
+    while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", _MIGRATION_LOCK_KEY):
+        if not waiting_logged:
+            log.info("migration.lock.waiting", note="another instance is applying migrations")
+            waiting_logged = True
+        await trio.sleep(_LOCK_POLL_SECONDS)
+
+
 async def _apply_one(connection: Transaction, migration: Migration) -> None:
+    # NOTE: the file runs as one statement under DB_COMMAND_TIMEOUT (30 s by default), so a
+    # migration that takes longer, such as an index build on a large table, fails startup.
     await connection.execute("BEGIN")
     try:
         await connection.execute(migration.sql)
