@@ -46,6 +46,7 @@ from grantexd.store.database import Database, PoolSettings
 from grantexd.store.migrations import apply_migrations
 from grantexd.store.redis import RedisStore
 from grantexd.tracing import setup_tracing, shutdown_tracing
+from grantexd.workers.webhook_delivery import run_webhook_delivery
 
 log = get_logger()
 
@@ -232,6 +233,8 @@ async def _run_services(config: Config, control: ShutdownControl, on_ready: Call
         with control.serving_scope:
             async with trio.open_nursery() as serving:
                 # 8. HTTP server; it returns once draining has finished.
+                # NOTE: the listener closes as soon as shutdown is requested, so a load balancer
+                # rarely sees /health/ready's draining response before connections are refused.
                 binds = await serving.start(
                     lambda task_status: hypercorn.trio.serve(
                         ShieldFinalSend(app),
@@ -242,8 +245,11 @@ async def _run_services(config: Config, control: ShutdownControl, on_ready: Call
                 )
                 log.info("startup.http.listening", binds=binds)
 
-                # 9. Background workers would start here.
-                # TODO: the webhook delivery and anomaly detection workers are not implemented yet.
+                # 9. Background workers. Each runs its first pass before reporting started, and
+                # on shutdown drains its own work within the grace period.
+                # TODO: the anomaly detection worker is not implemented yet.
+                await serving.start(run_webhook_delivery, services, control.requested)
+                log.info("startup.workers.started")
 
                 control.started = True
                 sdnotify.notify("READY=1")

@@ -31,6 +31,7 @@ from grantexd.http import (
     pages,
     principal,
     tokens,
+    webhooks,
     well_known,
 )
 from grantexd.http.limits import add_rate_limit_headers, enforce_ip_limit
@@ -70,8 +71,6 @@ def _status_code_name(status: int) -> str:
         401: "UNAUTHORIZED",
         403: "FORBIDDEN",
         404: "NOT_FOUND",
-        405: "METHOD_NOT_ALLOWED",
-        413: "PAYLOAD_TOO_LARGE",
         422: "VALIDATION_ERROR",
     }.get(status, "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR")
 
@@ -144,10 +143,12 @@ def create_app(services: Services, state: RuntimeState) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def render_http_error(error: HTTPException) -> Response:
         status = error.code or 500
+        if status == 405:
+            # A known path with another method is a missing route, as on the reference
+            # server: clients probing optional routes (POST /v1/audit/checkpoints) expect 404.
+            status = 404
         if status == 404:
             message = f"Route {request.method}:{request.path} not found"
-        elif status == 405:
-            message = f"Method {request.method} is not allowed on {request.path}"
         elif status == 413:
             message = f"Request body is larger than the limit of {MAX_BODY_BYTES} bytes"
         elif status >= 500:
@@ -175,6 +176,7 @@ def create_app(services: Services, state: RuntimeState) -> QuartTrio:
         delegation,
         principal,
         audit,
+        webhooks,
         pages,
     )
     for module in blueprints:

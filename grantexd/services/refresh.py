@@ -28,6 +28,7 @@ from grantexd.crypto.ids import new_id
 from grantexd.crypto.tokens import sign_jwt
 from grantexd.errors import BadRequest
 from grantexd.logging import get_logger
+from grantexd.services import webhooks
 from grantexd.services.context import Services
 from grantexd.services.revocation import REVOCATION_LOCK, mark_grants_revoked
 from grantexd.services.timefmt import to_iso
@@ -141,6 +142,16 @@ async def refresh_grant(
             grant_token = sign_jwt(key_set, build_claims(services, claims, grant.id, jti, now))
             await grant_store.mark_refresh_used(tx, record.id)
             await grant_store.insert_grant_token(tx, jti, grant.id, grant.expires_at, key_set.active.kid)
+            await webhooks.enqueue_token_issued(
+                tx,
+                developer.id,
+                token_id=jti,
+                grant_id=grant.id,
+                agent_id=grant.agent_id,
+                principal_id=grant.principal_id,
+                scopes=grant.scopes,
+                expires_at=grant.expires_at,
+            )
             new_token = new_refresh_token()
             await grant_store.insert_refresh_token(
                 tx,
@@ -177,5 +188,6 @@ async def _revoke_after_reuse(services: Services, developer_id: str, body: dict[
             return []
         await tx.advisory_lock(developer_id, REVOCATION_LOCK)
         revoked = await grant_store.revoke_grant_cascade(tx, developer_id, record.grant.id)
+        await webhooks.enqueue_grants_revoked(tx, developer_id, revoked)
     await mark_grants_revoked(services, revoked)
     return revoked

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from grantexd.errors import BadRequest, NotFound
 from grantexd.logging import get_logger
+from grantexd.services import webhooks
 from grantexd.services.context import Services
 from grantexd.store import grants as grant_store
 from grantexd.store.grants import RevokedGrant
@@ -27,6 +28,7 @@ async def revoke_grant(services: Services, developer_id: str, grant_id: str) -> 
     async with services.db.transaction() as tx:
         await tx.advisory_lock(developer_id, REVOCATION_LOCK)
         revoked = await grant_store.revoke_grant_cascade(tx, developer_id, grant_id)
+        await webhooks.enqueue_grants_revoked(tx, developer_id, revoked)
     if not revoked:
         raise NotFound("Grant not found or already revoked")
     await mark_grants_revoked(services, revoked)

@@ -12,6 +12,7 @@ from grantexd.crypto.ids import new_id
 from grantexd.crypto.tokens import sign_jwt
 from grantexd.errors import BadRequest, PlanLimitExceeded
 from grantexd.logging import get_logger
+from grantexd.services import webhooks
 from grantexd.services.context import Services
 from grantexd.services.plans import plan_limits, plan_name
 from grantexd.services.timefmt import parse_duration, to_iso_from_epoch
@@ -115,6 +116,28 @@ async def insert_grant_with_tokens(services: Services, tx: Transaction, claims: 
         grant_id,
         min(now + REFRESH_TOKEN_LIFETIME, claims.expires_at),
     )
+    # The events commit or roll back with the grant.
+    await webhooks.enqueue_grant_created(
+        tx,
+        claims.developer_id,
+        grant_id=grant_id,
+        agent_id=claims.agent_id,
+        principal_id=claims.principal_id,
+        scopes=claims.scopes,
+        expires_at=claims.expires_at,
+        parent_grant_id=claims.parent_grant_id,
+        delegation_depth=claims.delegation_depth,
+    )
+    await webhooks.enqueue_token_issued(
+        tx,
+        claims.developer_id,
+        token_id=jti,
+        grant_id=grant_id,
+        agent_id=claims.agent_id,
+        principal_id=claims.principal_id,
+        scopes=claims.scopes,
+        expires_at=claims.expires_at,
+    )
     return IssuedGrant(
         grant_token=grant_token,
         expires_at=claims.expires_at,
@@ -161,7 +184,7 @@ async def exchange_code(services: Services, developer: Developer, body: object) 
         if request.code_challenge is not None:
             if code_verifier is None:
                 raise BadRequest("codeVerifier is required for PKCE")
-            if not _PKCE_VERIFIER.match(code_verifier) or not constant_time_equal(
+            if not _PKCE_VERIFIER.fullmatch(code_verifier) or not constant_time_equal(
                 pkce_s256_challenge(code_verifier), request.code_challenge
             ):
                 raise BadRequest("Invalid codeVerifier")

@@ -1,0 +1,1 @@
+"""Background workers that run beside the HTTP server in the daemon process."""
