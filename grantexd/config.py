@@ -109,6 +109,9 @@ class Config:
     webhook_retry_delay_seconds: float = 30.0
     # Time limit of one webhook attempt, DNS resolution included.
     webhook_timeout_seconds: float = 10.0
+    anomaly_interval_seconds: float = 3600.0
+    # UTC hours [start, end) that count as off hours; the range wraps past midnight when start > end.
+    anomaly_off_hours: tuple[int, int] = (0, 6)
 
     @property
     def is_production(self) -> bool:
@@ -167,16 +170,29 @@ class _Reader:
         value = self.raw(name)
         if value is None:
             return default
-        text = value[:-1] if value.endswith("s") else value
+        units = {"s": 1, "m": 60, "h": 3600}
+        multiplier = units.get(value[-1], 1) if value else 1
+        text = value[:-1] if value and value[-1] in units else value
         try:
-            number = float(text)
+            number = float(text) * multiplier
         except ValueError:
-            self.fail(name, f"must be a number of seconds such as 30 or 2.5, got {value!r}")
+            self.fail(name, f"must be a number of seconds such as 30, 2.5, 10m or 1h, got {value!r}")
             return default
         if not minimum <= number <= maximum:
             self.fail(name, f"must be from {minimum:g} to {maximum:g} seconds, got {value!r}")
             return default
         return number
+
+
+def _parse_off_hours(reader: _Reader) -> tuple[int, int]:
+    value = reader.raw("ANOMALY_OFF_HOURS")
+    if value is None:
+        return (0, 6)
+    match = re.fullmatch(r"([0-9]{1,2})-([0-9]{1,2})", value)
+    if match is None or not all(0 <= int(hour) <= 24 for hour in match.groups()) or match[1] == match[2]:
+        reader.fail("ANOMALY_OFF_HOURS", f"must be two different UTC hours from 0 to 24 such as 22-6, got {value!r}")
+        return (0, 6)
+    return (int(match[1]), int(match[2]))
 
 
 def _split_url(reader: _Reader, name: str, value: str, *, secret: bool) -> SplitResult | None:
@@ -472,6 +488,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         webhook_allow_insecure_urls=reader.boolean("WEBHOOK_ALLOW_INSECURE_URLS", not production),
         webhook_retry_delay_seconds=reader.seconds("WEBHOOK_RETRY_DELAY", 30.0, 0.01, 3600.0),
         webhook_timeout_seconds=reader.seconds("WEBHOOK_TIMEOUT", 10.0, 0.1, 60.0),
+        anomaly_interval_seconds=reader.seconds("ANOMALY_INTERVAL", 3600.0, 1.0, 7 * 86400.0),
+        anomaly_off_hours=_parse_off_hours(reader),
     )
     if reader.problems:
         raise ConfigError(reader.problems)

@@ -46,6 +46,7 @@ from grantexd.store.database import Database, PoolSettings
 from grantexd.store.migrations import apply_migrations
 from grantexd.store.redis import RedisStore
 from grantexd.tracing import setup_tracing, shutdown_tracing
+from grantexd.workers.anomaly_detection import run_anomaly_detection
 from grantexd.workers.webhook_delivery import run_webhook_delivery
 
 log = get_logger()
@@ -247,8 +248,8 @@ async def _run_services(config: Config, control: ShutdownControl, on_ready: Call
 
                 # 9. Background workers. Each runs its first pass before reporting started, and
                 # on shutdown drains its own work within the grace period.
-                # TODO: the anomaly detection worker is not implemented yet.
                 await serving.start(run_webhook_delivery, services, control.requested)
+                await serving.start(run_anomaly_detection, services, control.requested)
                 log.info("startup.workers.started")
 
                 control.started = True

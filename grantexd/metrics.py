@@ -83,6 +83,9 @@ class Metrics:
             ["state"],
             registry=registry,
         )
+        self.anomalies_detected = Counter(
+            "grantexd_anomalies_detected", "Anomalies recorded by the detection rules, by type", ["type"], registry=registry
+        )
         self.db_pool_connections = Gauge(
             "grantexd_db_pool_connections", "PostgreSQL pool connections, by state", ["state"], registry=registry
         )

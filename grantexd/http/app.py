@@ -21,6 +21,7 @@ from grantexd.errors import BadRequest, GrantexError
 from grantexd.http import (
     accounts,
     agents,
+    anomalies,
     audit,
     authorize,
     delegation,
@@ -177,6 +178,7 @@ def create_app(services: Services, state: RuntimeState) -> QuartTrio:
         principal,
         audit,
         webhooks,
+        anomalies,
         pages,
     )
     for module in blueprints:

@@ -30,10 +30,10 @@ from grantexd.store.webhooks import Delivery, DeliveryStatus, NewEvent, Webhook
 
 log = get_logger()
 
-EventType = Literal["grant.created", "grant.revoked", "token.issued", "webhook.test"]
+EventType = Literal["grant.created", "grant.revoked", "token.issued", "anomaly.detected", "webhook.test"]
 
 # The events an endpoint can subscribe to. webhook.test goes only to the endpoint it tests.
-SUBSCRIBABLE_EVENTS: tuple[EventType, ...] = ("grant.created", "grant.revoked", "token.issued")
+SUBSCRIBABLE_EVENTS: tuple[EventType, ...] = ("grant.created", "grant.revoked", "token.issued", "anomaly.detected")
 
 MAX_WEBHOOKS_PER_DEVELOPER = 20
 # Advisory lock purpose that serializes counting a developer's endpoints with adding one.

@@ -80,7 +80,7 @@ def _translate(exc: BaseException) -> BaseException:
     return exc
 
 
-def _split_ssl_mode(url: str) -> tuple[str, ssl.SSLContext | str | None]:
+def split_ssl_mode(url: str) -> tuple[str, ssl.SSLContext | str | None]:
     """Take ``sslmode`` out of the URL and return the matching asyncpg ``ssl`` argument.
 
     ``require`` encrypts without checking the certificate, as libpq does; ``verify-ca`` and
@@ -165,7 +165,7 @@ class Database(_Queries):
     @classmethod
     async def open(cls, settings: PoolSettings) -> Database:
         """Create the pool and prove one connection works; raise DatabaseUnavailable if not."""
-        url, ssl_argument = _split_ssl_mode(settings.url)
+        url, ssl_argument = split_ssl_mode(settings.url)
 
         async def create() -> asyncpg.Pool:
             return await asyncpg.create_pool(

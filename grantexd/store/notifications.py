@@ -17,7 +17,7 @@ import trio_asyncio
 
 from grantexd.errors import DatabaseUnavailable
 from grantexd.logging import get_logger
-from grantexd.store.database import PoolSettings, _split_ssl_mode
+from grantexd.store.database import PoolSettings, split_ssl_mode
 
 log = get_logger()
 
@@ -33,7 +33,7 @@ class NotificationListener:
         ``on_wake`` runs in the Trio thread after each notification and after the connection is lost.
         """
         token = trio.lowlevel.current_trio_token()
-        url, ssl_argument = _split_ssl_mode(settings.url)
+        url, ssl_argument = split_ssl_mode(settings.url)
 
         def wake(*_arguments: Any) -> None:
             token.run_sync_soon(on_wake)
