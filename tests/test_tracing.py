@@ -11,6 +11,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.support import Backends, Daemon, bearer, new_daemon, signup, stop_quietly
+from tests.webhook_receiver import running_receiver
 
 
 class OtlpReceiver:
@@ -65,9 +66,13 @@ def test_spans_flushed_on_sigterm(backends: Backends, database_url: str, receive
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
     try:
-        with httpx.Client(base_url=daemon.base_url) as client:
+        with httpx.Client(base_url=daemon.base_url) as client, running_receiver() as webhook_receiver:
             developer = signup(client)
             auth = bearer(developer["apiKey"])
+            hook = client.post(
+                "/v1/webhooks", json={"url": webhook_receiver.url("/hook"), "events": ["token.issued"]}, headers=auth
+            )
+            assert hook.status_code == 201, hook.text
             agent = client.post("/v1/agents", json={"name": "t"}, headers=auth).json()
             request = client.post(
                 "/v1/authorize", json={"agentId": agent["agentId"], "principalId": "p", "scopes": ["s"]}, headers=auth
@@ -80,6 +85,7 @@ def test_spans_flushed_on_sigterm(backends: Backends, database_url: str, receive
             assert response.status_code == 201
             verified = client.post("/v1/tokens/verify", json={"token": response.json()["grantToken"]}, headers=auth)
             assert verified.json()["valid"] is True
+            assert len(webhook_receiver.wait_for(1, "/hook")) == 1
         assert receiver.spans == []
     finally:
         assert daemon.stop() == 0
@@ -89,6 +95,7 @@ def test_spans_flushed_on_sigterm(backends: Backends, database_url: str, receive
     assert "db.query" in names
     assert "jwt.sign" in names
     assert "redis.command" in names
+    assert "webhook.attempt" in names
     token_spans = [entry for entry in receiver.spans if entry[0] == "POST /v1/token"]
     assert token_spans[0][1] == trace_id
     assert token_spans[0][2] == "00f067aa0ba902b7"

@@ -35,6 +35,7 @@ from grantexd.services.webhooks import target_policy
 from grantexd.store import webhooks as webhook_store
 from grantexd.store.notifications import NotificationListener
 from grantexd.store.webhooks import ClaimedDelivery
+from grantexd.tracing import span
 from grantexd.workers.webhook_sender import AttemptResult, OutgoingDelivery, open_client, send_attempt
 
 WORKER_NAME = "webhook-delivery"
@@ -187,9 +188,11 @@ class _DeliveryWorker:
                 previous_secret=delivery.previous_secret,
             )
             try:
-                result = await send_attempt(
-                    self.client, outgoing, target_policy(self.services), self.timeout_seconds
-                )
+                with span("webhook.attempt", deliveryId=delivery.id, attempt=delivery.attempt) as attempt_span:
+                    result = await send_attempt(
+                        self.client, outgoing, target_policy(self.services), self.timeout_seconds
+                    )
+                    attempt_span.set_attribute("webhook.delivered", result.delivered)
             except trio.Cancelled:
                 await self._shielded(self._release(delivery, lease_id), "webhook.delivery.release_failed", delivery)
                 raise
