@@ -11,6 +11,7 @@ PostgreSQL refuses to run as root. When this runs as root, the cluster is owned 
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
@@ -26,6 +27,8 @@ from typing import Any
 
 from grantexd.crypto.hashing import new_api_key
 from grantexd.crypto.keys import generate_signing_key, private_key_pem
+from grantexd.errors import leaf_exceptions
+from grantexd.logging import get_logger
 
 
 class EmbeddedServerError(Exception):
@@ -102,32 +105,54 @@ class EmbeddedPostgres:
             mode = parent.stat().st_mode
             if not mode & stat.S_IXOTH:
                 parent.chmod(mode | stat.S_IXOTH)
+                get_logger().warning("dev.directory.made_searchable", path=str(parent), user="nobody")
         os.chown(self.data_dir, self.run_as.pw_uid, self.run_as.pw_gid)
         self.data_dir.chmod(0o700)
         self.log_path.touch()
         os.chown(self.log_path, self.run_as.pw_uid, self.run_as.pw_gid)
+
+    def _initialize_cluster(self) -> None:
+        """Run initdb in a staging directory and move the result to ``data_dir`` once it succeeds.
+
+        An initdb stopped halfway, for example by Ctrl-C on the first start, then leaves no
+        half-made cluster in ``data_dir`` for later starts to fail on.
+        """
+        staging = self.data_dir.with_name(self.data_dir.name + ".initdb")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(mode=0o700)
+        if self.run_as is not None:
+            os.chown(staging, self.run_as.pw_uid, self.run_as.pw_gid)
+        result = subprocess.run(
+            [
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(staging),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ],
+            capture_output=True,
+            **self._run_kwargs(),
+        )
+        if result.returncode != 0:
+            raise EmbeddedServerError(f"initdb failed: {result.stderr.decode(errors='replace')[-2000:]}")
+        try:
+            # rename() replaces an empty directory, and fails on one that contains files.
+            staging.rename(self.data_dir)
+        except OSError as exc:
+            raise EmbeddedServerError(
+                f"cannot move the new PostgreSQL cluster to {self.data_dir}: {exc.strerror}; "
+                "that directory contains files but no cluster, so move it away and start again"
+            ) from exc
 
     def start(self, timeout_seconds: float = 60) -> None:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         if self.run_as is not None:
             self._prepare_directory_for_nobody()
         if not (self.data_dir / "PG_VERSION").exists():
-            result = subprocess.run(
-                [
-                    str(self.bin_dir / "initdb"),
-                    "-D",
-                    str(self.data_dir),
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "--no-instructions",
-                ],
-                capture_output=True,
-                **self._run_kwargs(),
-            )
-            if result.returncode != 0:
-                raise EmbeddedServerError(f"initdb failed: {result.stderr.decode(errors='replace')[-2000:]}")
+            self._initialize_cluster()
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 [
@@ -231,30 +256,45 @@ def default_data_dir() -> Path:
     return Path(base) / "grantexd"
 
 
+def _write_private_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600 from the first byte, replacing the file at once.
+
+    The file never exists half-written, so an interrupted first start cannot leave a truncated
+    key or key list behind.
+    """
+    staging = path.with_name(path.name + ".tmp")
+    descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    os.replace(staging, path)
+
+
 def _load_or_create_dev_secrets(data_dir: Path) -> dict[str, str]:
     """Return the signing key path and the two seeded API keys, creating them on first use."""
     secrets_path = data_dir / "dev-secrets.json"
     key_path = data_dir / "signing-key.pem"
     if not key_path.exists():
-        key_path.write_text(private_key_pem(generate_signing_key()))
-        key_path.chmod(0o600)
+        _write_private_file(key_path, private_key_pem(generate_signing_key()))
     if secrets_path.exists():
         stored: dict[str, str] = json.loads(secrets_path.read_text())
     else:
         stored = {"liveKey": new_api_key("live"), "sandboxKey": new_api_key("sandbox")}
-        secrets_path.write_text(json.dumps(stored, indent=2))
-        secrets_path.chmod(0o600)
+        _write_private_file(secrets_path, json.dumps(stored, indent=2))
     stored["keyPath"] = str(key_path)
     return stored
 
 
-def _quick_start_banner(base_url: str, secrets: dict[str, str], data_dir: Path) -> str:
+def _quick_start_banner(
+    base_url: str, secrets: dict[str, str], data_dir: Path, postgres: EmbeddedPostgres, redis: EmbeddedRedis
+) -> str:
     sandbox_key = secrets["sandboxKey"]
     return f"""
 grantexd is running at {base_url}
   live API key:    {secrets["liveKey"]}
   sandbox API key: {sandbox_key}   (authorizations are approved at once)
   data directory:  {data_dir}
+  PostgreSQL:      {postgres.url("grantex")}
+  Redis:           {redis.url()}
 
 Try it:
   curl -s -X POST {base_url}/v1/agents -H 'Authorization: Bearer {sandbox_key}' -H 'Content-Type: application/json' -d '{{"name": "my-agent", "scopes": ["calendar:read"]}}'
@@ -263,6 +303,19 @@ Try it:
 
 Press Ctrl-C to stop.
 """
+
+
+def _describe_failure(exc: BaseException, host: str, port: int) -> str:
+    """Join the leaf errors of a Trio exception group into one message, with a hint for a busy port."""
+    reasons = []
+    for error in leaf_exceptions(exc):
+        cause = error.__cause__ if error.__cause__ is not None else error
+        socket_errors = [leaf for leaf in leaf_exceptions(cause) if isinstance(leaf, OSError)]
+        if any(leaf.errno == errno.EADDRINUSE for leaf in socket_errors):
+            reasons.append(f"{host}:{port} is already in use; stop the other server or pass a free port with --port")
+        else:
+            reasons.append(str(error) or repr(error))
+    return "; ".join(reasons)
 
 
 def run_dev(data_dir: str | None, host: str, port: int) -> int:
@@ -276,10 +329,10 @@ def run_dev(data_dir: str | None, host: str, port: int) -> int:
     directory = Path(data_dir).expanduser().resolve() if data_dir else default_data_dir()
     directory.mkdir(parents=True, exist_ok=True)
     configure_logging("info")
-    secrets = _load_or_create_dev_secrets(directory)
     postgres = EmbeddedPostgres(directory / "postgres")
     redis = EmbeddedRedis(directory / "redis")
     try:
+        secrets = _load_or_create_dev_secrets(directory)
         postgres.start()
         postgres.create_database("grantex")
         redis.start()
@@ -305,17 +358,23 @@ def run_dev(data_dir: str | None, host: str, port: int) -> int:
         configure_logging(config.log_level)
 
         def announce() -> None:
-            print(_quick_start_banner(base_url, secrets, directory), file=sys.stderr, flush=True)
+            banner = _quick_start_banner(base_url, secrets, directory, postgres, redis)
+            print(banner, file=sys.stderr, flush=True)
 
         try:
             trio.run(lambda: lifecycle.run(config, on_ready=announce))
         except Exception as exc:  # noqa: BLE001 - the last line before exit must say why
-            log_fatal("startup.failed", error=repr(exc))
+            log_fatal("startup.failed", error=_describe_failure(exc, host, port))
             return 1
         return 0
     except EmbeddedServerError as exc:
         log_fatal("dev.embedded_server.failed", error=str(exc))
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C before the daemon installed its own SIGINT handling, while the embedded servers
+        # started; the servers started so far are stopped below.
+        get_logger().info("dev.interrupted")
+        return 130
     finally:
         redis.stop()
         postgres.stop()
