@@ -8,12 +8,24 @@ import trio
 import trio_asyncio
 
 from grantexd import lifecycle
-from grantexd.config import ConfigError, load_config
-from grantexd.errors import DatabaseUnavailable
+from grantexd.config import Config, ConfigError, load_config
+from grantexd.errors import DatabaseUnavailable, leaf_exceptions
 from grantexd.logging import configure_logging, get_logger, log_fatal
 from grantexd.services import audit
 from grantexd.store.database import Database, PoolSettings
 from grantexd.store.migrations import MigrationError, apply_migrations
+
+
+def command_pool_settings(config: Config, max_size: int) -> PoolSettings:
+    """Return pool settings for a one-shot command: a few connections, none kept idle."""
+    return PoolSettings(
+        url=config.database_url.reveal(),
+        min_size=0,
+        max_size=max_size,
+        connect_timeout_seconds=config.db_connect_timeout_seconds,
+        command_timeout_seconds=config.db_command_timeout_seconds,
+        idle_timeout_seconds=0,
+    )
 
 
 def serve(environ: Mapping[str, str] | None = None) -> int:
@@ -28,7 +40,7 @@ def serve(environ: Mapping[str, str] | None = None) -> int:
     try:
         trio.run(lifecycle.run, config)
     except Exception as exc:  # noqa: BLE001 - the last line before exit must say why
-        errors = _leaf_exceptions(exc)
+        errors = leaf_exceptions(exc)
         expected = [error for error in errors if isinstance(error, _STARTUP_ERRORS)]
         if expected:
             log_fatal("startup.failed", error="; ".join(str(error) for error in expected))
@@ -39,16 +51,6 @@ def serve(environ: Mapping[str, str] | None = None) -> int:
 
 
 _STARTUP_ERRORS = (lifecycle.StartupError, MigrationError, DatabaseUnavailable)
-
-
-def _leaf_exceptions(exc: BaseException) -> list[BaseException]:
-    """Flatten the exception groups that Trio nurseries raise into their leaf exceptions."""
-    if isinstance(exc, BaseExceptionGroup):
-        leaves: list[BaseException] = []
-        for inner in exc.exceptions:
-            leaves.extend(_leaf_exceptions(inner))
-        return leaves
-    return [exc]
 
 
 def migrate(environ: Mapping[str, str] | None = None) -> int:
@@ -62,14 +64,7 @@ def migrate(environ: Mapping[str, str] | None = None) -> int:
     async def apply() -> list[str]:
         async with trio_asyncio.open_loop():
             db = await Database.open(
-                PoolSettings(
-                    url=config.database_url.reveal(),
-                    min_size=0,
-                    max_size=1,
-                    connect_timeout_seconds=config.db_connect_timeout_seconds,
-                    command_timeout_seconds=config.db_command_timeout_seconds,
-                    idle_timeout_seconds=0,
-                )
+                command_pool_settings(config, max_size=1)
             )
             try:
                 return await apply_migrations(db)
@@ -81,7 +76,7 @@ def migrate(environ: Mapping[str, str] | None = None) -> int:
     except Exception as exc:
         # trio_asyncio's loop nursery wraps the failure in exception groups.
         expected = (DatabaseUnavailable, MigrationError)
-        failures = [error for error in _leaf_exceptions(exc) if isinstance(error, expected)]
+        failures = [error for error in leaf_exceptions(exc) if isinstance(error, expected)]
         if not failures:
             raise
         log_fatal("migrate.failed", error="; ".join(str(error) for error in failures))
@@ -106,14 +101,7 @@ def verify_audit(developer_id: str | None = None, environ: Mapping[str, str] | N
     async def verify() -> int:
         async with trio_asyncio.open_loop():
             db = await Database.open(
-                PoolSettings(
-                    url=config.database_url.reveal(),
-                    min_size=0,
-                    max_size=1,
-                    connect_timeout_seconds=config.db_connect_timeout_seconds,
-                    command_timeout_seconds=config.db_command_timeout_seconds,
-                    idle_timeout_seconds=0,
-                )
+                command_pool_settings(config, max_size=1)
             )
             try:
                 if not await audit.audit_log_exists(db):
@@ -130,7 +118,7 @@ def verify_audit(developer_id: str | None = None, environ: Mapping[str, str] | N
     try:
         return trio.run(verify)
     except Exception as exc:  # noqa: BLE001 - exit 2, not Python's 1, which means "broken"
-        errors = _leaf_exceptions(exc)
+        errors = leaf_exceptions(exc)
         failures = [error for error in errors if isinstance(error, DatabaseUnavailable)]
         if failures:
             log_fatal("audit.verify.failed", error=str(failures[0]))

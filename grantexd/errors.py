@@ -22,7 +22,8 @@ its Grantex error code, so a handler never chooses a status itself.
     ├── RateLimitExceeded       429 RATE_LIMIT_EXCEEDED
     │   └── AuthorizeRateLimited 429 RATE_LIMITED
     └── ServiceUnavailable      503 SERVICE_UNAVAILABLE
-        └── DatabaseUnavailable 503 SERVICE_UNAVAILABLE
+        ├── DatabaseUnavailable 503 SERVICE_UNAVAILABLE
+        └── ConcurrentUpdate    503 SERVICE_UNAVAILABLE
 """
 
 from __future__ import annotations
@@ -124,6 +125,21 @@ class DatabaseUnavailable(ServiceUnavailable):
 
     def __init__(self, message: str = "The database is unavailable; retry the request shortly") -> None:
         super().__init__(message)
+
+
+class ForeignKeyViolation(Exception):
+    """A store-level write referenced a row that a concurrent transaction deleted."""
+
+    def __init__(self, constraint: str | None) -> None:
+        super().__init__(constraint or "foreign key constraint")
+        self.constraint = constraint
+
+
+class ConcurrentUpdate(ServiceUnavailable):
+    """PostgreSQL aborted the transaction to resolve a deadlock or serialization conflict."""
+
+    def __init__(self) -> None:
+        super().__init__("The request conflicted with a concurrent change; retry it")
 
 
 class UniqueViolation(Exception):

@@ -10,6 +10,7 @@ from datetime import timedelta
 import trio
 import trio_asyncio
 
+from grantexd.commands import command_pool_settings
 from grantexd.config import ConfigError, load_config
 from grantexd.crypto.keys import parse_key_encryption_key
 from grantexd.errors import DatabaseUnavailable, leaf_exceptions
@@ -18,7 +19,7 @@ from grantexd.services import keys
 from grantexd.services.context import utc_now
 from grantexd.services.timefmt import parse_duration, to_iso
 from grantexd.store import signing_keys as key_store
-from grantexd.store.database import Database, PoolSettings
+from grantexd.store.database import Database
 from grantexd.store.migrations import MigrationError, apply_migrations
 
 # How long a rotated-in key is published before it signs: long enough for every instance to
@@ -58,14 +59,7 @@ def run_key_command(args: argparse.Namespace, environ: Mapping[str, str] | None 
     async def with_database(action: Callable[[Database], Awaitable[int]]) -> int:
         async with trio_asyncio.open_loop():
             db = await Database.open(
-                PoolSettings(
-                    url=config.database_url.reveal(),
-                    min_size=0,
-                    max_size=2,
-                    connect_timeout_seconds=config.db_connect_timeout_seconds,
-                    command_timeout_seconds=config.db_command_timeout_seconds,
-                    idle_timeout_seconds=0,
-                )
+                command_pool_settings(config, max_size=2)
             )
             try:
                 await apply_migrations(db)

@@ -34,7 +34,7 @@ from grantexd.crypto.keys import (
     parse_key_encryption_key,
     single_key_set,
 )
-from grantexd.errors import DatabaseUnavailable
+from grantexd.errors import DatabaseUnavailable, leaf_exceptions
 from grantexd.http.app import create_app
 from grantexd.http.asgi import ShieldFinalSend
 from grantexd.http.state import RuntimeState
@@ -236,14 +236,23 @@ async def _run_services(config: Config, control: ShutdownControl, on_ready: Call
                 # 8. HTTP server; it returns once draining has finished.
                 # NOTE: the listener closes as soon as shutdown is requested, so a load balancer
                 # rarely sees /health/ready's draining response before connections are refused.
-                binds = await serving.start(
-                    lambda task_status: hypercorn.trio.serve(
-                        ShieldFinalSend(app),
-                        hypercorn_config(config),
-                        shutdown_trigger=control.requested.wait,
-                        task_status=task_status,
+                try:
+                    binds = await serving.start(
+                        lambda task_status: hypercorn.trio.serve(
+                            ShieldFinalSend(app),
+                            hypercorn_config(config),
+                            shutdown_trigger=control.requested.wait,
+                            task_status=task_status,
+                        )
                     )
-                )
+                except Exception as exc:
+                    socket_errors = [error for error in leaf_exceptions(exc) if isinstance(error, OSError)]
+                    if not socket_errors:
+                        raise
+                    reason = socket_errors[0].strerror or str(socket_errors[0])
+                    raise StartupError(
+                        f"cannot listen on {config.host}:{config.port}: {reason}; set HOST and PORT to a free address"
+                    ) from exc
                 log.info("startup.http.listening", binds=binds)
 
                 # 9. Background workers. Each runs its first pass before reporting started, and

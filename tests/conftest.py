@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -21,14 +23,16 @@ from tests.support import Backends, Daemon, create_database, drop_database, new_
 
 
 @pytest.fixture(scope="session")
-def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
+def backends() -> Iterator[Backends]:
     database_url = os.environ.get("TEST_DATABASE_URL")
     redis_url = os.environ.get("TEST_REDIS_URL")
     if database_url and redis_url:
         parts = urlsplit(database_url)
         yield Backends(postgres_admin_url=urlunsplit(parts._replace(path="/postgres")), redis_url=redis_url)
         return
-    directory: Path = tmp_path_factory.mktemp("servers")
+    # Outside pytest's temporary root: another pytest session resets that root to mode 0700,
+    # which would lock out the embedded PostgreSQL, which runs as nobody when tests run as root.
+    directory = Path(tempfile.mkdtemp(prefix="grantexd-test-servers-"))
     postgres = EmbeddedPostgres(directory / "postgres")
     redis = EmbeddedRedis(directory / "redis", persistent=False)
     postgres.start()
@@ -38,6 +42,7 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
     finally:
         redis.stop()
         postgres.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quart import Blueprint, Response
+from quart import Blueprint, Response, request
 
 from grantexd.errors import BadRequest
 from grantexd.http.requests import current_developer, read_json_body
@@ -64,7 +64,9 @@ def create_blueprint(services: Services, state: RuntimeState) -> Blueprint:
     @blueprint.post("/v1/keys/rotate")
     async def rotate_key() -> Response:
         developer = await current_developer(services)
-        api_key, rotated_at = await accounts.rotate_api_key(services, developer)
+        api_key, rotated_at = await accounts.rotate_api_key(
+            services, developer, request.headers.get("Authorization")
+        )
         return json_response({"apiKey": api_key, "rotatedAt": to_iso(rotated_at)})
 
     return blueprint

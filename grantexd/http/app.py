@@ -83,6 +83,7 @@ def create_app(services: Services, state: RuntimeState) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     app.url_map.strict_slashes = False
     allowed_origins = frozenset(services.config.cors_allowed_origins)
+    outage_log = RepeatLimiter(interval_seconds=5.0)
 
     @app.before_request
     async def start_request() -> None:
@@ -137,8 +138,14 @@ def create_app(services: Services, state: RuntimeState) -> QuartTrio:
 
     @app.errorhandler(GrantexError)
     async def render_domain_error(error: GrantexError) -> Response:
-        if error.status >= 500:
-            log.error("request.failed", status=error.status, code=error.code, error=error.message)
+        if error.status >= 500 and outage_log.should_log(type(error).__name__):
+            log.error(
+                "request.failed",
+                status=error.status,
+                code=error.code,
+                error=error.message,
+                suppressedSinceLast=outage_log.take_suppressed(type(error).__name__),
+            )
         return error_response(error.status, error.code, error.message, error.include_request_id)
 
     @app.errorhandler(HTTPException)
@@ -195,6 +202,31 @@ def _check_url_text() -> None:
         problem = text_problem(text)
         if problem is not None:
             raise BadRequest(f"Request URL {problem}")
+
+
+class RepeatLimiter:
+    """Let one log line per kind through every ``interval_seconds`` and count the rest.
+
+    During a database outage every request fails the same way; one line per interval, with the
+    number of lines suppressed since the last one, says as much as thousands would.
+    """
+
+    def __init__(self, interval_seconds: float) -> None:
+        self.interval_seconds = interval_seconds
+        self._last_logged: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def should_log(self, kind: str) -> bool:
+        now = time.monotonic()
+        last = self._last_logged.get(kind)
+        if last is not None and now - last < self.interval_seconds:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return False
+        self._last_logged[kind] = now
+        return True
+
+    def take_suppressed(self, kind: str) -> int:
+        return self._suppressed.pop(kind, 0)
 
 
 def _log_completion(services: Services, response: Response) -> None:

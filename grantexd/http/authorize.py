@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from quart import Blueprint, Response
 from quart import request as quart_request
 
 from grantexd.errors import Forbidden
 from grantexd.http.limits import enforce_authorize_limit
-from grantexd.http.requests import current_developer, read_json_body
+from grantexd.http.requests import current_developer, read_json_body, trusted_origins
 from grantexd.http.responses import json_response
 from grantexd.http.state import RuntimeState
 from grantexd.services import authorization
@@ -26,11 +25,6 @@ def _redirect_fields(request: AuthRequest) -> dict[str, Any]:
     if request.state:
         fields["state"] = request.state
     return fields
-
-
-def _origin_of(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
 
 
 def create_blueprint(services: Services, state: RuntimeState) -> Blueprint:
@@ -92,15 +86,14 @@ def create_blueprint(services: Services, state: RuntimeState) -> Blueprint:
             }
         )
 
-    public_origin = _origin_of(services.config.public_base_url)
-    trusted_origins = {public_origin, *services.config.cors_allowed_origins}
+    allowed_origins = trusted_origins(services.config)
 
     def reject_cross_site() -> None:
         # Browsers send Origin on every cross-site POST, a form post or a no-cors fetch alike,
         # while API clients send none; so a foreign Origin is a page elsewhere trying to
         # decide for the person, and it is rejected.
         origin = quart_request.headers.get("Origin")
-        if origin is not None and origin not in trusted_origins:
+        if origin is not None and origin not in allowed_origins:
             raise Forbidden(f"Consent decisions from origin {origin[:200]!r} are not allowed")
 
     @blueprint.post("/v1/consent/<request_id>/approve")

@@ -32,6 +32,7 @@ from werkzeug.urls import iri_to_uri
 from grantexd.crypto.keys import KeySet, SigningKey
 from grantexd.errors import FidoRequired, Gone, GrantexError, NotFound
 from grantexd.http.page_text import TEXT, describe_duration, format_date, script_text
+from grantexd.http.requests import trusted_origins
 from grantexd.http.state import RuntimeState
 from grantexd.logging import get_logger
 from grantexd.services import authorization
@@ -174,6 +175,7 @@ def create_blueprint(services: Services, state: RuntimeState) -> Blueprint:
         trim_blocks=True,
     )
     templates.globals["text"] = TEXT
+    allowed_origins = trusted_origins(services.config)
     templates.globals["fill"] = lambda template, **values: Markup(template).format(**values)
     static_files = _read_static_files()
     form_tokens = ConsentFormTokens()
@@ -239,6 +241,12 @@ def create_blueprint(services: Services, state: RuntimeState) -> Blueprint:
 
     @blueprint.post("/consent")
     async def decide_consent() -> Response:
+        # The form token is readable by anyone who can load the page, so the browser's Origin
+        # header is what keeps a page elsewhere from posting a decision.
+        origin = request.headers.get("Origin")
+        if origin is not None and origin not in allowed_origins:
+            log.warning("consent.form.rejected", reason="cross-site origin", origin=origin[:200])
+            return message_page(403, TEXT["form_rejected_title"], TEXT["form_rejected_body"])
         form = await request.form
         request_id = form.get("req", "")
         token = form.get("csrf_token", "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit
 import math
 import re
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import structlog
 from quart import g, request
 
 from grantexd.http.limits import enforce_developer_limit
+from grantexd.config import Config
 from grantexd.errors import BadRequest, UnsupportedMediaType
 from grantexd.services import accounts
 from grantexd.services.context import Services
@@ -117,7 +119,15 @@ async def _parse_body() -> Any:
         value = json.loads(data, parse_constant=_reject_constant)
     except RecursionError:
         raise BadRequest("Request body is not valid JSON: nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"Request body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise BadRequest("Request body is not valid JSON: it is not UTF-8 text") from None
+    except ValueError as exc:
+        # int() refuses numbers of more than 4300 digits (Python 3.11); its message names a
+        # Python setting, which means nothing to an API client.
+        if "digits" in str(exc):
+            raise BadRequest("Request body is not valid JSON: a number has too many digits") from None
         raise BadRequest(f"Request body is not valid JSON: {exc}") from None
     if _depth(value, _MAX_JSON_DEPTH) > _MAX_JSON_DEPTH:
         raise BadRequest(f"Request body is not valid JSON: nested deeper than {_MAX_JSON_DEPTH} levels")
@@ -178,3 +188,10 @@ def read_page() -> Page:
 def query_text(name: str) -> str | None:
     value = request.args.get(name)
     return value if value else None
+
+
+def trusted_origins(config: Config) -> frozenset[str]:
+    """Return the origins whose pages may post consent decisions: this server's own public
+    origin and the configured CORS origins."""
+    parts = urlsplit(config.public_base_url)
+    return frozenset({f"{parts.scheme}://{parts.netloc}", *config.cors_allowed_origins})

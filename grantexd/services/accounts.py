@@ -100,10 +100,17 @@ async def update_settings(services: Services, developer_id: str, body: dict[str,
         raise NotFound("Developer not found")
 
 
-async def rotate_api_key(services: Services, developer: Developer) -> tuple[str, datetime]:
+async def rotate_api_key(services: Services, developer: Developer, authorization: str | None) -> tuple[str, datetime]:
+    """Replace the key the request authenticated with; a concurrent rotation that won first
+    makes this one fail with 401, because the presented key no longer exists."""
+    match = _BEARER.match(authorization or "")
+    if match is None:
+        raise Unauthorized("Missing or invalid Authorization header")
     api_key = new_api_key(developer.mode)
-    if not await developers.replace_api_key_hash(services.db, developer.id, sha256_hex(api_key)):
-        raise NotFound("Developer not found")
+    if not await developers.replace_api_key_hash(
+        services.db, developer.id, sha256_hex(match.group(1)), sha256_hex(api_key)
+    ):
+        raise Unauthorized("Invalid API key")
     log.info("developer.api_key.rotated", developerId=developer.id)
     return api_key, services.now()
 

@@ -6,7 +6,15 @@ import re
 from dataclasses import dataclass
 
 from grantexd.crypto.ids import new_id, new_ulid
-from grantexd.errors import BadRequest, ConsentRequired, FidoRequired, Gone, NotFound, PlanLimitExceeded
+from grantexd.errors import (
+    BadRequest,
+    ConsentRequired,
+    FidoRequired,
+    ForeignKeyViolation,
+    Gone,
+    NotFound,
+    PlanLimitExceeded,
+)
 from grantexd.logging import get_logger
 from grantexd.services.context import Services
 from grantexd.services.plans import plan_limits, plan_name
@@ -110,26 +118,28 @@ async def authorize(services: Services, developer: Developer, body: object) -> A
 
     sandbox = developer.mode == "sandbox"
     now = services.now()
-    request = await request_store.insert_auth_request(
-        services.db,
-        NewAuthRequest(
-            id=new_id("areq"),
-            agent_id=agent.id,
-            principal_id=principal_id,
-            developer_id=developer.id,
-            scopes=checked_scopes,
-            redirect_uri=redirect_uri,
-            state=state,  # type: ignore[arg-type]
-            expires_in=str(expires_in),
-            expires_at=now + duration,
-            status="approved" if sandbox else "pending",
-            code=new_ulid() if sandbox else None,
-            audience=audience,  # type: ignore[arg-type]
-            code_challenge=code_challenge,  # type: ignore[arg-type]
-            code_challenge_method=code_challenge_method,  # type: ignore[arg-type]
-            purpose=purpose,  # type: ignore[arg-type]
-        ),
+    new_request = NewAuthRequest(
+        id=new_id("areq"),
+        agent_id=agent.id,
+        principal_id=principal_id,
+        developer_id=developer.id,
+        scopes=checked_scopes,
+        redirect_uri=redirect_uri,
+        state=state,  # type: ignore[arg-type]
+        expires_in=str(expires_in),
+        expires_at=now + duration,
+        status="approved" if sandbox else "pending",
+        code=new_ulid() if sandbox else None,
+        audience=audience,  # type: ignore[arg-type]
+        code_challenge=code_challenge,  # type: ignore[arg-type]
+        code_challenge_method=code_challenge_method,  # type: ignore[arg-type]
+        purpose=purpose,  # type: ignore[arg-type]
     )
+    try:
+        request = await request_store.insert_auth_request(services.db, new_request)
+    except ForeignKeyViolation:
+        # The agent was deleted between the lookup above and this insert.
+        raise NotFound("Agent not found") from None
     log.info(
         "authorization.created",
         developerId=developer.id,
@@ -157,20 +167,25 @@ async def get_consent(services: Services, request_id: str) -> ConsentDetails:
     return ConsentDetails(view=view, scope_descriptions=[describe_scope(scope) for scope in view.request.scopes])
 
 
+async def _waits_for_fido(services: Services, request_id: str) -> bool:
+    """Tell whether a decision failed only because the developer requires FIDO verification first."""
+    view = await request_store.find_consent_view(services.db, request_id)
+    return (
+        view is not None
+        and view.request.status == "pending"
+        and view.request.expires_at > services.now()
+        and view.fido_required
+        and not view.request.fido_verified
+    )
+
+
 async def approve_consent(services: Services, request_id: str) -> AuthRequest:
     request = await request_store.approve_pending(services.db, request_id, new_ulid(), developer_id=None)
     if request is not None:
         log.info("authorization.approved", authRequestId=request_id, via="consent")
         services.metrics.authorizations.labels("approved").inc()
         return request
-    view = await request_store.find_consent_view(services.db, request_id)
-    if (
-        view is not None
-        and view.request.status == "pending"
-        and view.request.expires_at > services.now()
-        and view.fido_required
-        and not view.request.fido_verified
-    ):
+    if await _waits_for_fido(services, request_id):
         raise FidoRequired("FIDO verification required before approval")
     raise Gone("Auth request expired or already processed")
 
@@ -181,14 +196,7 @@ async def deny_consent(services: Services, request_id: str) -> AuthRequest:
         log.info("authorization.denied", authRequestId=request_id, via="consent")
         services.metrics.authorizations.labels("denied").inc()
         return request
-    view = await request_store.find_consent_view(services.db, request_id)
-    if (
-        view is not None
-        and view.request.status == "pending"
-        and view.request.expires_at > services.now()
-        and view.fido_required
-        and not view.request.fido_verified
-    ):
+    if await _waits_for_fido(services, request_id):
         raise FidoRequired("FIDO verification required before denial")
     raise NotFound("Auth request not found or already processed")
 

@@ -45,7 +45,8 @@ def _check_delegated_scopes(value: object) -> list[str]:
     for scope in value:
         if not isinstance(scope, str) or not 1 <= len(scope) <= 256 or not scope.strip():
             raise BadRequest(message)
-    return list(value)
+    # A repeated scope adds nothing, so the token lists each one once, in the order requested.
+    return list(dict.fromkeys(value))
 
 
 async def delegate(services: Services, developer: Developer, body: object) -> tuple[IssuedGrant, int]:
@@ -102,6 +103,11 @@ async def delegate(services: Services, developer: Developer, body: object) -> tu
         parent_grant = await grant_store.lock_active_grant(tx, developer.id, parent["grnt"])
         if parent_grant is None:
             raise BadRequest("Parent grant is no longer active")
+        # A suspended agent cannot refresh its own grant, so it cannot hand it on either.
+        if not await agent_store.lock_active_agent(tx, developer.id, parent_grant.agent_id):
+            raise BadRequest("Parent grant's agent is suspended")
+        if not await agent_store.lock_active_agent(tx, developer.id, sub_agent.id):
+            raise NotFound("Sub-agent not found")
         issued = await insert_grant_with_tokens(
             services,
             tx,

@@ -99,6 +99,10 @@ async def refresh_grant(
             # first request to commit and then finds its stored response.
             if lookup is not None:
                 stored = await grant_store.find_replay(tx, lookup)
+                # A replay repeats a response only while the grant still stands: after a
+                # revocation the retry gets the same error a fresh refresh would.
+                if stored is not None and record.grant.status == "revoked":
+                    raise BadRequest("Grant has been revoked")
                 if stored is not None:
                     nonce, ciphertext = stored
                     try:

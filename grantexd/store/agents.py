@@ -128,6 +128,26 @@ async def update_agent(
 
 
 async def delete_agent(tx: Transaction, developer_id: str, agent_id: str) -> bool:
-    """Delete the agent; its auth requests, grants and tokens go with it (ON DELETE CASCADE)."""
+    """Delete the agent; its auth requests, grants and tokens go with it (ON DELETE CASCADE).
+
+    The agent row is locked first. Transactions that issue tokens for an agent hold a share
+    lock on its row before they touch grants or tokens, so the two always lock in the same
+    order: the delete waits for them, or they wait and then find no agent, and neither deadlocks.
+    """
+    locked = await tx.fetchval(
+        "SELECT id FROM agents WHERE id = $1 AND developer_id = $2 FOR UPDATE", agent_id, developer_id
+    )
+    if locked is None:
+        return False
     status = await tx.execute("DELETE FROM agents WHERE id = $1 AND developer_id = $2", agent_id, developer_id)
     return status.endswith(" 1")
+
+
+async def lock_active_agent(tx: Transaction, developer_id: str, agent_id: str) -> bool:
+    """Share-lock an active agent of this developer for the transaction; False if there is none."""
+    found = await tx.fetchval(
+        "SELECT id FROM agents WHERE id = $1 AND developer_id = $2 AND status = 'active' FOR SHARE",
+        agent_id,
+        developer_id,
+    )
+    return found is not None

@@ -192,7 +192,7 @@ async def lock_for_exchange(tx: Transaction, developer_id: str, code: str, agent
         FROM auth_requests r
         JOIN agents a ON a.id = r.agent_id
         WHERE r.code = $1 AND r.agent_id = $2 AND r.developer_id = $3 AND a.status = 'active'
-        FOR UPDATE OF r
+        FOR UPDATE OF r FOR SHARE OF a
         """,
         code,
         agent_id,

@@ -22,7 +22,13 @@ import asyncpg
 import trio
 import trio_asyncio
 
-from grantexd.errors import BadRequest, DatabaseUnavailable, UniqueViolation
+from grantexd.errors import (
+    BadRequest,
+    ConcurrentUpdate,
+    DatabaseUnavailable,
+    ForeignKeyViolation,
+    UniqueViolation,
+)
 from grantexd.logging import get_logger
 from grantexd.tracing import span
 
@@ -70,6 +76,11 @@ async def _connect_translating_rejections(*args: Any, **kwargs: Any) -> asyncpg.
 def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, asyncpg.UniqueViolationError):
         return UniqueViolation(getattr(exc, "constraint_name", None))
+    if isinstance(exc, asyncpg.ForeignKeyViolationError):
+        return ForeignKeyViolation(getattr(exc, "constraint_name", None))
+    if isinstance(exc, (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)):
+        # Another transaction won; the SDKs retry a 503, and the retry sees the new state.
+        return ConcurrentUpdate()
     if isinstance(exc, asyncpg.DataError):
         # A value that PostgreSQL cannot store (a NUL character, an out-of-range number) got
         # past the request checks; it is the client's input, so it is a 400, not a 500.

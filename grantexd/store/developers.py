@@ -103,8 +103,13 @@ async def update_developer_settings(
     return status.endswith(" 1")
 
 
-async def replace_api_key_hash(db: Database, developer_id: str, api_key_hash: str) -> bool:
+async def replace_api_key_hash(db: Database, developer_id: str, current_hash: str, new_hash: str) -> bool:
+    """Replace the key hash only if it is still ``current_hash``, so of two concurrent
+    rotations with the same key, exactly one succeeds."""
     status = await db.execute(
-        "UPDATE developers SET api_key_hash = $2 WHERE id = $1", developer_id, api_key_hash
+        "UPDATE developers SET api_key_hash = $3 WHERE id = $1 AND api_key_hash = $2",
+        developer_id,
+        current_hash,
+        new_hash,
     )
     return status.endswith(" 1")

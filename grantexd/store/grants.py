@@ -258,7 +258,7 @@ async def lock_refresh_token(tx: Transaction, developer_id: str, token_hash: str
         LEFT JOIN grants pg ON pg.id = g.parent_grant_id
         LEFT JOIN agents pa ON pa.id = pg.agent_id
         WHERE r.token_hash = $1 AND g.developer_id = $2
-        FOR UPDATE OF r
+        FOR UPDATE OF r FOR SHARE OF a
         """,
         token_hash,
         developer_id,

@@ -41,6 +41,10 @@ async def run_anomaly_detection(
 ) -> None:
     metrics = services.metrics
     started = False
+    if stop.is_set():
+        # Shutdown began before the first scan; startup still waits for this task to report.
+        task_status.started()
+        return
     while not stop.is_set():
         metrics.worker_iterations.labels(WORKER_NAME).inc()
         try:
