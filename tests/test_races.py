@@ -104,7 +104,9 @@ def test_consent_form_rejects_foreign_origin(client: httpx.Client) -> None:
     assert cross_site.status_code == 403
     assert client.get(f"/v1/consent/{request['authRequestId']}").json()["status"] == "pending"
 
-    same_site = client.post("/consent", data=form, headers={"Origin": str(client.base_url).rstrip("/")})
+    cross_site_fetch = client.post("/consent", data=form, headers={"Sec-Fetch-Site": "cross-site", "Origin": "null"})
+    assert cross_site_fetch.status_code == 403
+    same_site = client.post("/consent", data=form, headers={"Sec-Fetch-Site": "same-origin", "Origin": "null"})
     assert same_site.status_code in (200, 303)
     assert client.get(f"/v1/consent/{request['authRequestId']}").status_code == 410
 

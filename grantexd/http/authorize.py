@@ -9,7 +9,7 @@ from quart import request as quart_request
 
 from grantexd.errors import Forbidden
 from grantexd.http.limits import enforce_authorize_limit
-from grantexd.http.requests import current_developer, read_json_body, trusted_origins
+from grantexd.http.requests import current_developer, is_cross_site_post, read_json_body, trusted_origins
 from grantexd.http.responses import json_response
 from grantexd.http.state import RuntimeState
 from grantexd.services import authorization
@@ -89,11 +89,10 @@ def create_blueprint(services: Services, state: RuntimeState) -> Blueprint:
     allowed_origins = trusted_origins(services.config)
 
     def reject_cross_site() -> None:
-        # Browsers send Origin on every cross-site POST, a form post or a no-cors fetch alike,
-        # while API clients send none; so a foreign Origin is a page elsewhere trying to
-        # decide for the person, and it is rejected.
-        origin = quart_request.headers.get("Origin")
-        if origin is not None and origin not in allowed_origins:
+        # These endpoints take no credentials, so a page on another site could otherwise make
+        # a visitor's browser decide a request whose id it knows.
+        if is_cross_site_post(quart_request.headers, allowed_origins):
+            origin = quart_request.headers.get("Origin", "unknown")
             raise Forbidden(f"Consent decisions from origin {origin[:200]!r} are not allowed")
 
     @blueprint.post("/v1/consent/<request_id>/approve")

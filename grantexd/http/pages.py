@@ -32,7 +32,7 @@ from werkzeug.urls import iri_to_uri
 from grantexd.crypto.keys import KeySet, SigningKey
 from grantexd.errors import FidoRequired, Gone, GrantexError, NotFound
 from grantexd.http.page_text import TEXT, describe_duration, format_date, script_text
-from grantexd.http.requests import trusted_origins
+from grantexd.http.requests import is_cross_site_post, trusted_origins
 from grantexd.http.state import RuntimeState
 from grantexd.logging import get_logger
 from grantexd.services import authorization
@@ -243,9 +243,9 @@ def create_blueprint(services: Services, state: RuntimeState) -> Blueprint:
     async def decide_consent() -> Response:
         # The form token is readable by anyone who can load the page, so the browser's Origin
         # header is what keeps a page elsewhere from posting a decision.
-        origin = request.headers.get("Origin")
-        if origin is not None and origin not in allowed_origins:
-            log.warning("consent.form.rejected", reason="cross-site origin", origin=origin[:200])
+        if is_cross_site_post(request.headers, allowed_origins):
+            origin = request.headers.get("Origin", "")
+            log.warning("consent.form.rejected", reason="cross-site request", origin=origin[:200])
             return message_page(403, TEXT["form_rejected_title"], TEXT["form_rejected_body"])
         form = await request.form
         request_id = form.get("req", "")

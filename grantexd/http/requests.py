@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 import math
 import re
@@ -195,3 +196,19 @@ def trusted_origins(config: Config) -> frozenset[str]:
     origin and the configured CORS origins."""
     parts = urlsplit(config.public_base_url)
     return frozenset({f"{parts.scheme}://{parts.netloc}", *config.cors_allowed_origins})
+
+
+def is_cross_site_post(headers: Mapping[str, str], allowed_origins: frozenset[str]) -> bool:
+    """Tell whether a browser sent this POST from a page of another site.
+
+    Browsers mark every request with ``Sec-Fetch-Site``; where it is present, only
+    ``same-origin`` (our own page) and ``none`` (typed by the user) pass. Older browsers send
+    only ``Origin``, which must then be a trusted origin. ``Origin: null`` alone proves nothing:
+    Chromium sends it for our own form, because the pages use ``Referrer-Policy: no-referrer``.
+    API clients send neither header and are not browsers, so they pass.
+    """
+    fetch_site = headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        return fetch_site not in ("same-origin", "none")
+    origin = headers.get("Origin")
+    return origin is not None and origin != "null" and origin not in allowed_origins
