@@ -195,3 +195,25 @@ def test_keys_command_needs_encryption_key(backends: Backends, database_url: str
     result = run_keys_command(daemon.environ, "list")
     assert result.returncode == 1
     assert "KEY_ENCRYPTION_KEY is not set" in result.stderr
+
+
+def test_keys_list_and_generate(backends: Backends, database_url: str, key_encryption_key: str) -> None:
+    daemon = new_daemon(backends, database_url, KEY_ENCRYPTION_KEY=key_encryption_key, AUTO_GENERATE_KEYS="false")
+    listed_before = run_keys_command(daemon.environ, "list")
+    assert listed_before.returncode == 0, listed_before.stderr
+    assert listed_before.stdout.splitlines()[1:] == []
+
+    generated = run_keys_command(daemon.environ, "generate")
+    assert generated.returncode == 0, generated.stderr
+    new_kid = generated.stdout.split()[2].rstrip(":")
+
+    rows = run_keys_command(daemon.environ, "list").stdout.splitlines()[1:]
+    states = {row.split()[0]: row.split()[1] for row in rows}
+    # The empty set got its first key, then generate added one that signs at once.
+    assert len(states) == 2
+    assert states[new_kid] == "active"
+    assert sorted(states.values()) == ["active", "superseded"]
+
+    invalid = run_keys_command(daemon.environ, "rotate", "--activate-in", "soon")
+    assert invalid.returncode == 2
+    assert "invalid --activate-in 'soon'" in invalid.stderr
