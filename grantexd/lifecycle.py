@@ -239,7 +239,7 @@ async def _run_services(config: Config, control: ShutdownControl, on_ready: Call
                 try:
                     binds = await serving.start(
                         lambda task_status: hypercorn.trio.serve(
-                            ShieldFinalSend(app),
+                            ShieldFinalSend(app),  # type: ignore[arg-type]
                             hypercorn_config(config),
                             shutdown_trigger=control.requested.wait,
                             task_status=task_status,

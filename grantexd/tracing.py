@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import context as otel_context
+from werkzeug.datastructures import Headers
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -56,7 +57,7 @@ def span(name: str, **attributes: Any) -> Iterator[Span]:
         yield current
 
 
-def start_request_span(method: str, route: str | None, headers: Mapping[str, str]) -> tuple[Span, object]:
+def start_request_span(method: str, route: str | None, headers: Headers | Mapping[str, str]) -> tuple[Span, object]:
     """Start the server span of a request, continuing the caller's W3C traceparent if present.
 
     Returns the span and the context token to pass to ``end_request_span``.

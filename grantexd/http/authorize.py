@@ -33,11 +33,11 @@ def create_blueprint(services: Services, state: RuntimeState) -> Blueprint:
     @blueprint.post("/v1/authorize")
     async def authorize() -> Response:
         developer = await current_developer(services)
-        body = await read_json_body()
-        if isinstance(body, dict):
+        request_body = await read_json_body()
+        if isinstance(request_body, dict):
             # A body that is not an object is a 400 before it counts against the limit.
             await enforce_authorize_limit(services, developer.id)
-        result = await authorization.authorize(services, developer, body)
+        result = await authorization.authorize(services, developer, request_body)
         request = result.request
         body: dict[str, Any] = {
             "authRequestId": request.id,

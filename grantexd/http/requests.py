@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from werkzeug.datastructures import Headers
 from quart import g, request
 
 from grantexd.http.limits import enforce_developer_limit
@@ -102,7 +103,8 @@ async def read_json_body() -> Any:
 
 
 async def _parse_body() -> Any:
-    data = await request.get_data(cache=True)
+    raw = await request.get_data(cache=True, as_text=False)
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8")
     media_type = (request.mimetype or "").lower()
     if not data:
         if media_type == "application/json" or media_type.endswith("+json"):
@@ -198,7 +200,7 @@ def trusted_origins(config: Config) -> frozenset[str]:
     return frozenset({f"{parts.scheme}://{parts.netloc}", *config.cors_allowed_origins})
 
 
-def is_cross_site_post(headers: Mapping[str, str], allowed_origins: frozenset[str]) -> bool:
+def is_cross_site_post(headers: Headers | Mapping[str, str], allowed_origins: frozenset[str]) -> bool:
     """Tell whether a browser sent this POST from a page of another site.
 
     Browsers mark every request with ``Sec-Fetch-Site``; where it is present, only

@@ -54,7 +54,8 @@ async def check_grant_token(services: Services, token: str, developer_id: str) -
         return TokenCheck(claims=None, reason="invalid")
     if not _has_required_claims(claims):
         return TokenCheck(claims=None, reason="invalid_claims")
-    grant_id = claims.get("grnt") if isinstance(claims.get("grnt"), str) else claims["jti"]
+    grnt = claims.get("grnt")
+    grant_id: str = grnt if isinstance(grnt, str) else claims["jti"]
     claims["grnt"] = grant_id
     if claims["dev"] != developer_id:
         return TokenCheck(claims=claims, reason="wrong_developer")
