@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from grantexd.crypto.keys import load_signing_key, parse_key_encryption_key
+from grantexd.store.redis_url import CLUSTER_SCHEME, SENTINEL_SCHEME, parse_cluster_url, parse_sentinel_url
 
 Environment = Literal["development", "production"]
 LogLevel = Literal["debug", "info", "warn", "error"]
@@ -272,8 +273,18 @@ def _parse_redis_url(reader: _Reader) -> Secret:
     parts = _split_url(reader, "REDIS_URL", value, secret=True)
     if parts is None:
         return Secret(value)
-    if parts.scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
-        reader.fail("REDIS_URL", "must start with redis://, rediss://, unix:// or redis+sentinel://")
+    try:
+        if parts.scheme == SENTINEL_SCHEME:
+            parse_sentinel_url(value)
+        elif parts.scheme == CLUSTER_SCHEME:
+            parse_cluster_url(value)
+        elif parts.scheme not in ("redis", "rediss", "unix"):
+            reader.fail(
+                "REDIS_URL", "must start with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
+            )
+    except ValueError as exc:
+        # The parsers' messages never quote the URL, which may carry a password.
+        reader.fail("REDIS_URL", str(exc))
     return Secret(value)
 
 
