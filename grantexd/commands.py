@@ -16,6 +16,15 @@ from grantexd.store.database import Database, PoolSettings
 from grantexd.store.migrations import MigrationError, apply_migrations
 
 
+def load_config_or_log(environ: Mapping[str, str] | None = None) -> Config | None:
+    """Load the configuration; on failure write the one fatal line naming every bad variable."""
+    try:
+        return load_config(environ)
+    except ConfigError as exc:
+        log_fatal("config.invalid", errors=exc.problems, message=str(exc))
+        return None
+
+
 def command_pool_settings(config: Config, max_size: int) -> PoolSettings:
     """Return pool settings for a one-shot command: a few connections, none kept idle."""
     return PoolSettings(
@@ -31,10 +40,8 @@ def command_pool_settings(config: Config, max_size: int) -> PoolSettings:
 def serve(environ: Mapping[str, str] | None = None) -> int:
     """Run the daemon; return 0 after a clean shutdown, 1 when configuration or startup fails."""
     configure_logging("info")
-    try:
-        config = load_config(environ)
-    except ConfigError as exc:
-        log_fatal("config.invalid", errors=exc.problems, message=str(exc))
+    config = load_config_or_log(environ)
+    if config is None:
         return 1
     configure_logging(config.log_level)
     try:
@@ -55,17 +62,13 @@ _STARTUP_ERRORS = (lifecycle.StartupError, MigrationError, DatabaseUnavailable)
 
 def migrate(environ: Mapping[str, str] | None = None) -> int:
     configure_logging("info")
-    try:
-        config = load_config(environ)
-    except ConfigError as exc:
-        log_fatal("config.invalid", errors=exc.problems, message=str(exc))
+    config = load_config_or_log(environ)
+    if config is None:
         return 1
 
     async def apply() -> list[str]:
         async with trio_asyncio.open_loop():
-            db = await Database.open(
-                command_pool_settings(config, max_size=1)
-            )
+            db = await Database.open(command_pool_settings(config, max_size=1))
             try:
                 return await apply_migrations(db)
             finally:
@@ -92,17 +95,13 @@ def verify_audit(developer_id: str | None = None, environ: Mapping[str, str] | N
     every chain is intact, 1 when one is broken and 2 when the check could not run.
     """
     configure_logging("info")
-    try:
-        config = load_config(environ)
-    except ConfigError as exc:
-        log_fatal("config.invalid", errors=exc.problems, message=str(exc))
+    config = load_config_or_log(environ)
+    if config is None:
         return 2
 
     async def verify() -> int:
         async with trio_asyncio.open_loop():
-            db = await Database.open(
-                command_pool_settings(config, max_size=1)
-            )
+            db = await Database.open(command_pool_settings(config, max_size=1))
             try:
                 if not await audit.audit_log_exists(db):
                     log_fatal(

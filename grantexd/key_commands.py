@@ -10,11 +10,10 @@ from datetime import timedelta
 import trio
 import trio_asyncio
 
-from grantexd.commands import command_pool_settings
-from grantexd.config import ConfigError, load_config
+from grantexd.commands import command_pool_settings, load_config_or_log
 from grantexd.crypto.keys import parse_key_encryption_key
 from grantexd.errors import DatabaseUnavailable, leaf_exceptions
-from grantexd.logging import configure_logging, log_fatal
+from grantexd.logging import configure_logging
 from grantexd.services import keys
 from grantexd.services.context import utc_now
 from grantexd.services.timefmt import parse_duration, to_iso
@@ -45,10 +44,8 @@ def add_key_commands(commands: argparse._SubParsersAction) -> None:  # type: ign
 
 def run_key_command(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
     configure_logging("warn")
-    try:
-        config = load_config(environ)
-    except ConfigError as exc:
-        log_fatal("config.invalid", errors=exc.problems, message=str(exc))
+    config = load_config_or_log(environ)
+    if config is None:
         return 1
     if config.key_encryption_key is None:
         print("grantexd keys: KEY_ENCRYPTION_KEY is not set, so there is no stored key set to manage;"
@@ -58,9 +55,7 @@ def run_key_command(args: argparse.Namespace, environ: Mapping[str, str] | None 
 
     async def with_database(action: Callable[[Database], Awaitable[int]]) -> int:
         async with trio_asyncio.open_loop():
-            db = await Database.open(
-                command_pool_settings(config, max_size=2)
-            )
+            db = await Database.open(command_pool_settings(config, max_size=2))
             try:
                 await apply_migrations(db)
                 return await action(db)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 import socket
 from collections.abc import Iterator
 from typing import Any

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tests.support import Backends, Daemon, bearer, new_daemon, signup, stop_quietly
+from tests.support import Backends, Daemon, bearer, new_daemon, signup
 from tests.webhook_receiver import running_receiver
 
 
