@@ -110,6 +110,9 @@ class Config:
     webhook_retry_delay_seconds: float = 30.0
     # Time limit of one webhook attempt, DNS resolution included.
     webhook_timeout_seconds: float = 10.0
+    # How long the listener keeps accepting after shutdown begins, answering /health/ready with
+    # 503 draining, so a load balancer stops sending traffic before connections are refused.
+    shutdown_drain_delay_seconds: float = 0.0
     anomaly_interval_seconds: float = 3600.0
     # UTC hours [start, end) that count as off hours; the range wraps past midnight when start > end.
     anomaly_off_hours: tuple[int, int] = (0, 6)
@@ -499,6 +502,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         webhook_allow_insecure_urls=reader.boolean("WEBHOOK_ALLOW_INSECURE_URLS", not production),
         webhook_retry_delay_seconds=reader.seconds("WEBHOOK_RETRY_DELAY", 30.0, 0.01, 3600.0),
         webhook_timeout_seconds=reader.seconds("WEBHOOK_TIMEOUT", 10.0, 0.1, 60.0),
+        shutdown_drain_delay_seconds=reader.seconds("SHUTDOWN_DRAIN_DELAY", 0.0, 0.0, 300.0),
         anomaly_interval_seconds=reader.seconds("ANOMALY_INTERVAL", 3600.0, 1.0, 7 * 86400.0),
         anomaly_off_hours=_parse_off_hours(reader),
     )

@@ -233,15 +233,16 @@ async def _run_services(config: Config, control: ShutdownControl, on_ready: Call
 
         with control.serving_scope:
             async with trio.open_nursery() as serving:
-                # 8. HTTP server; it returns once draining has finished.
-                # NOTE: the listener closes as soon as shutdown is requested, so a load balancer
-                # rarely sees /health/ready's draining response before connections are refused.
+                # 8. HTTP server; it returns once draining has finished. The listener closes
+                # SHUTDOWN_DRAIN_DELAY after shutdown begins; until then /health/ready answers
+                # 503 draining, so a load balancer can take this instance out first.
+                listener_stop = trio.Event()
                 try:
                     binds = await serving.start(
                         lambda task_status: hypercorn.trio.serve(
                             ShieldFinalSend(app),  # type: ignore[arg-type]
                             hypercorn_config(config),
-                            shutdown_trigger=control.requested.wait,
+                            shutdown_trigger=listener_stop.wait,
                             task_status=task_status,
                         )
                     )
@@ -272,6 +273,10 @@ async def _run_services(config: Config, control: ShutdownControl, on_ready: Call
                     serving.start_soon(run_key_refresh, config, db, key_ring, control.requested)
                 log.info("startup.complete")
                 await control.requested.wait()
+                if config.shutdown_drain_delay_seconds > 0:
+                    log.info("shutdown.drain_delay", seconds=config.shutdown_drain_delay_seconds)
+                    await trio.sleep(config.shutdown_drain_delay_seconds)
+                listener_stop.set()
                 log.info("shutdown.draining", graceSeconds=config.shutdown_grace_seconds)
                 # Leaving this block waits for Hypercorn to finish in-flight requests, with a
                 # backstop in case a request ignores the grace period.

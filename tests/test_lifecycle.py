@@ -227,3 +227,22 @@ def test_sd_notify_without_socket(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
 
     assert sdnotify.notify("READY=1") is False
+
+
+def test_drain_delay_keeps_listener_open(backends: Backends, database_url: str) -> None:
+    daemon = new_daemon(backends, database_url, SHUTDOWN_DRAIN_DELAY="3")
+    daemon.start()
+    try:
+        daemon.signal(signal.SIGTERM)
+        wait_until(lambda: has_logged(daemon, "shutdown.drain_delay"), 10, "shutdown.drain_delay")
+        ready = httpx.get(f"{daemon.base_url}/health/ready", timeout=5)
+        assert ready.status_code == 503
+        assert ready.json() == {"status": "draining"}
+        assert httpx.get(f"{daemon.base_url}/health/live", timeout=5).status_code == 200
+        # Requests that still arrive are served while the load balancer catches up.
+        assert httpx.post(f"{daemon.base_url}/v1/signup", json={"name": "late"}, timeout=5).status_code == 201
+        assert daemon.wait_exit(30) == 0
+        order = messages(daemon)
+        assert order.index("shutdown.drain_delay") < order.index("shutdown.draining") < order.index("shutdown.complete")
+    finally:
+        stop_quietly(daemon)
