@@ -185,6 +185,11 @@ class Database(_Queries):
                 min_size=settings.min_size,
                 max_size=settings.max_size,
                 timeout=settings.connect_timeout_seconds,
+                # NOTE: each query arms an asyncio timer for this timeout, and trio-asyncio 0.16
+                # keeps cancelled timers in its heap until they fall due, so under load the heap
+                # holds about (queries per second x timeout) timers with their request contexts;
+                # bench/RESULTS.rst measured RSS growing from 83 to 236 MiB and longer GC pauses.
+                # A lower DB_COMMAND_TIMEOUT shrinks it.
                 command_timeout=settings.command_timeout_seconds,
                 max_inactive_connection_lifetime=settings.idle_timeout_seconds,
                 connect=_connect_translating_rejections,
