@@ -61,7 +61,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class TrustProxy:
-    """Which peers may set ``X-Forwarded-For``: a hop count, or a list of networks."""
+    """The proxies trusted to set ``X-Forwarded-For``: a hop count, or a list of networks."""
 
     hops: int = 0
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()

@@ -32,7 +32,7 @@ from __future__ import annotations
 class GrantexError(Exception):
     status: int = 500
     code: str = "INTERNAL_ERROR"
-    # Principal-session 401s leave out requestId, as the reference server's do.
+    # Principal-session 401 bodies leave out requestId; the SDKs expect that shape there.
     include_request_id: bool = True
 
     def __init__(self, message: str) -> None:

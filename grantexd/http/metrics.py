@@ -34,8 +34,8 @@ def create_blueprint(services: Services, state: RuntimeState) -> Blueprint:
     async def metrics() -> Response:
         if expected is not None:
             supplied = request.headers.get("Authorization", "")
-            wanted = f"Bearer {expected.reveal()}"
-            if not hmac.compare_digest(supplied.encode(), wanted.encode()):
+            expected_header = f"Bearer {expected.reveal()}"
+            if not hmac.compare_digest(supplied.encode(), expected_header.encode()):
                 raise Unauthorized("Missing or invalid metrics bearer token (METRICS_API_KEY)")
         _update_gauges(services)
         return Response(generate_latest(services.metrics.registry), status=200, content_type=CONTENT_TYPE_LATEST)

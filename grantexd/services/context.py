@@ -1,4 +1,4 @@
-"""What every service function needs: configuration, stores, keys and a clock."""
+"""The context every service function takes: configuration, stores, keys and a clock."""
 
 from __future__ import annotations
 

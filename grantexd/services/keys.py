@@ -68,7 +68,13 @@ def classify_keys(keys: list[StoredKey], now: datetime) -> list[KeyState]:
     """Decide for each key whether it signs, is still published, or is done."""
     live = [key for key in keys if key.retired_at is None]
     activated = [key for key in live if key.activates_at <= now]
-    active = activated[-1] if activated else (live[0] if live else None)
+    # The newest activated key signs; with none activated yet, the oldest live key does.
+    if activated:
+        active: StoredKey | None = activated[-1]
+    elif live:
+        active = live[0]
+    else:
+        active = None
     states = []
     for key in keys:
         if key.retired_at is not None:

@@ -86,7 +86,10 @@ def client_ip(peer: str | None, forwarded_for: str | None, trust: TrustProxy) ->
     if trust.hops > 0:
         # Each trusted proxy appended the address it received from; the client is the entry
         # added by the outermost trusted proxy.
-        return chain[-trust.hops] if len(chain) >= trust.hops else (chain[0] if chain else peer_address)
+        if len(chain) >= trust.hops:
+            return chain[-trust.hops]
+        # Fewer entries than trusted proxies: the first entry is the farthest address known.
+        return chain[0] if chain else peer_address
     hops = [peer_address, *reversed(chain)]
     for index, address in enumerate(hops):
         try:

@@ -43,7 +43,7 @@ class IssuedGrant:
 
 @dataclass(frozen=True)
 class GrantClaims:
-    """What goes into a new grant and its first token."""
+    """The contents of a new grant and of its first token."""
 
     agent_id: str
     agent_did: str

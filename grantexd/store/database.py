@@ -79,11 +79,11 @@ def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, asyncpg.ForeignKeyViolationError):
         return ForeignKeyViolation(getattr(exc, "constraint_name", None))
     if isinstance(exc, (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)):
-        # Another transaction won; the SDKs retry a 503, and the retry sees the new state.
+        # Another transaction won. The SDKs retry a 503, and the retry reads the new state.
         return ConcurrentUpdate()
     if isinstance(exc, asyncpg.DataError):
         # A value that PostgreSQL cannot store (a NUL character, an out-of-range number) got
-        # past the request checks; it is the client's input, so it is a 400, not a 500.
+        # past the request checks. It came from the client, so it is a 400, not a 500.
         log.warning("database.data_error", error=str(exc))
         return BadRequest("A request value cannot be stored: it contains an invalid character or number")
     if isinstance(exc, _UNAVAILABLE_ERRORS):
@@ -186,10 +186,10 @@ class Database(_Queries):
                 max_size=settings.max_size,
                 timeout=settings.connect_timeout_seconds,
                 # NOTE: each query arms an asyncio timer for this timeout, and trio-asyncio 0.16
-                # keeps cancelled timers in its heap until they fall due, so under load the heap
-                # holds about (queries per second x timeout) timers with their request contexts;
-                # bench/RESULTS.rst measured RSS growing from 83 to 236 MiB and longer GC pauses.
-                # A lower DB_COMMAND_TIMEOUT shrinks it.
+                # keeps cancelled timers in its heap until they fall due. Under load the heap
+                # therefore keeps about (queries per second x timeout) timers and their contexts.
+                # bench/RESULTS.rst measured RSS growing from 83 to 236 MiB, with longer GC
+                # pauses; a lower DB_COMMAND_TIMEOUT shrinks the heap.
                 command_timeout=settings.command_timeout_seconds,
                 max_inactive_connection_lifetime=settings.idle_timeout_seconds,
                 connect=_connect_translating_rejections,
